@@ -1,0 +1,113 @@
+"""Orbax checkpoints of a training workdir: restore with fall-back, load for inference.
+
+Layout of a workdir written by `python -m train`:
+  config.json            the experiment's config (ml_collections, as JSON)
+  checkpoints/<step>/    orbax CheckpointManager steps, items `state` (params,
+                         optimizer state, step, RNG, model state) and `data` (the
+                         grain iterator position, one JSON file per process)
+  tensorboard/           event files;  samples/  before/after PNGs;  metrics.json
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import ml_collections
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("jaxvision")
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def manager(workdir: str, *, keep: int = 3, async_save: bool = True,
+            with_data: bool = True) -> ocp.CheckpointManager:
+  """CheckpointManager over `workdir/checkpoints` (keep the newest `keep` steps)."""
+  import grain  # local: inference does not need the data stack
+
+  handlers = {"state": ocp.StandardCheckpointHandler()}
+  if with_data:
+    handlers["data"] = grain.checkpoint.CheckpointHandler()
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                               options=options, item_handlers=handlers)
+
+
+def all_finite(tree) -> bool:
+  leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+  return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+
+
+def restore_with_fallback(mngr: ocp.CheckpointManager,
+                          make_args: Callable[[], ocp.args.Composite],
+                          ) -> tuple[int | None, Any]:
+  """Restores the newest readable step; a damaged one is skipped with a warning.
+
+  `make_args()` builds fresh restore args for each attempt (a failed attempt may
+  have partly restored an iterator). Returns (step, restored) or (None, None).
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      restored = mngr.restore(step, args=make_args())
+    except Exception as e:  # orbax raises many types for damaged files
+      msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      log.warning("checkpoint step %d is damaged (%s: %s); trying the previous one",
+                  step, type(e).__name__, msg)
+      print(f"warning: checkpoint step {step} is damaged ({type(e).__name__}); "
+            "trying the previous one", flush=True)
+      continue
+    if not all_finite(restored["state"]):
+      print(f"warning: checkpoint step {step} holds non-finite values; "
+            "trying the previous one", flush=True)
+      continue
+    return step, restored
+  return None, None
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir}: not a jaxvision workdir (no {CONFIG_FILE})")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
+  """(config, flax variables {'params', ...model state}, step) of the newest good step."""
+  config = load_config(workdir)
+  ckdir = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(ckdir):
+    raise CheckpointError(f"{workdir}: no checkpoints/ folder")
+  mngr = ocp.CheckpointManager(
+      os.path.abspath(ckdir),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
+  try:
+    step, restored = restore_with_fallback(
+        mngr, lambda: ocp.args.Composite(state=ocp.args.StandardRestore()))
+  finally:
+    mngr.close()
+  if step is None:
+    raise CheckpointError(f"{workdir}: no readable checkpoint in {ckdir}")
+  state = restored["state"]
+  variables = {"params": state["params"], **(state.get("model_state") or {})}
+  return config, variables, step

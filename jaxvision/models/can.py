@@ -1,0 +1,135 @@
+"""Context Aggregation Network (Chen, Xu, Koltun, "Fast Image Processing with
+Fully-Convolutional Networks", ICCV 2017).
+
+Layer s = 1 .. d-2 is a 3x3 convolution with dilation 2^(s-1); layer d-1 is a 3x3
+convolution with dilation 1; layer d is a 1x1 convolution to the output channels.
+Every hidden layer is followed by adaptive normalisation λ·x + μ·BN(x) and
+LeakyReLU(0.2). The released CAN24 has d = 9 (dilations 1..64), a receptive field of
+259x259 pixels. `depth` is the paper's d (all layers, output included).
+
+Identity initialisation (the paper found it crucial): every 3x3 kernel has a one at the
+centre tap from input channel i to output channel i, zeros elsewhere, and so does the
+1x1 output layer; with λ=1, μ=0 the untrained network is exactly the identity map on
+[0, 1] images (LeakyReLU is the identity on non-negative inputs).
+
+Batch normalisation uses running averages at inference, so the network is a local
+operator there: tiled inference (`jaxvision.models.can.apply_tiled`) is seam-free.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision.models import register
+
+
+def identity_init(key, shape, dtype=jnp.float32):
+  """Kernel (kh, kw, cin, cout) with a one at the centre tap for i -> i."""
+  del key
+  kh, kw, cin, cout = shape
+  k = np.zeros(shape, np.float32)
+  n = min(cin, cout)
+  k[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+  return jnp.asarray(k, dtype)
+
+
+class AdaptiveNorm(nn.Module):
+  """λ·x + μ·BN(x), λ=1 and μ=0 at initialisation (BN without scale, as slim's)."""
+
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    lam = self.param("lambda", nn.initializers.ones, (), jnp.float32)
+    mu = self.param("mu", nn.initializers.zeros, (), jnp.float32)
+    bn = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                      epsilon=self.epsilon, use_scale=False, dtype=x.dtype,
+                      name="bn")(x)
+    return lam.astype(x.dtype) * x + mu.astype(x.dtype) * bn
+
+
+class CAN(nn.Module):
+  """Context Aggregation Network; NHWC in, NHWC out, any spatial size."""
+
+  width: int = 24
+  depth: int = 9
+  out_channels: int = 3
+  negative_slope: float = 0.2
+  adaptive_norm: bool = True
+  dtype: Any = jnp.float32  # computation dtype (bf16 on accelerators); params stay f32
+
+  def dilations(self) -> list[int]:
+    if self.depth < 3:
+      raise ValueError(f"CAN depth must be >= 3, got {self.depth}")
+    return [2 ** s for s in range(self.depth - 2)] + [1]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim != 4:
+      raise ValueError(f"CAN expects NHWC input, got shape {x.shape}")
+    h = x.astype(self.dtype)
+    for i, rate in enumerate(self.dilations()):
+      h = nn.Conv(self.width, (3, 3), kernel_dilation=rate, padding="SAME",
+                  use_bias=not self.adaptive_norm, kernel_init=identity_init,
+                  dtype=self.dtype, name=f"conv{i + 1}")(h)
+      if self.adaptive_norm:
+        h = AdaptiveNorm(name=f"norm{i + 1}")(h, train)
+      h = nn.leaky_relu(h, self.negative_slope)
+    y = nn.Conv(self.out_channels, (1, 1), kernel_init=identity_init,
+                dtype=self.dtype, name="output")(h)
+    return y.astype(jnp.float32)
+
+
+def receptive_radius(depth: int) -> int:
+  """Pixels of context on each side that one output pixel sees."""
+  return sum(2 ** s for s in range(depth - 2)) + 1
+
+
+@register("can")
+def can(**kwargs) -> CAN:
+  return CAN(**kwargs)
+
+
+@register("can24")
+def can24(**kwargs) -> CAN:
+  return CAN(**{"width": 24, "depth": 9, **kwargs})
+
+
+@register("can32")
+def can32(**kwargs) -> CAN:
+  return CAN(**{"width": 32, "depth": 9, **kwargs})
+
+
+def apply_tiled(apply_fn, image: np.ndarray, *, radius: int, tile: int = 512) -> np.ndarray:
+  """Applies a local operator `apply_fn((1,h,w,c)) -> (1,h,w,c')` in overlapping tiles.
+
+  Each tile of at most `tile`x`tile` output pixels is computed from a window that
+  holds `radius` pixels of real context on every side, or reaches the image border,
+  where each convolution then zero-pads its own feature map exactly as it does for
+  the whole image. (Padding the input instead would not be exact: hidden layers of
+  a zero input are not zero.) Windows have one fixed shape, shifted to stay inside
+  the image, so `apply_fn` compiles once. With `radius` >= the receptive-field
+  radius the result equals the whole-image result: no seams. Memory is bounded by
+  the window, (tile + 2 * radius)^2 pixels.
+  """
+  h, w = image.shape[:2]
+  win_h, win_w = min(tile + 2 * radius, h), min(tile + 2 * radius, w)
+  if (win_h, win_w) == (h, w):
+    return np.asarray(apply_fn(image[None]))[0]
+  out = None
+  for y0 in range(0, h, tile):
+    for x0 in range(0, w, tile):
+      y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+      wy0 = min(max(y0 - radius, 0), h - win_h)
+      wx0 = min(max(x0 - radius, 0), w - win_w)
+      res = np.asarray(apply_fn(image[None, wy0:wy0 + win_h, wx0:wx0 + win_w]))[0]
+      if out is None:
+        out = np.empty((h, w, res.shape[-1]), res.dtype)
+      out[y0:y1, x0:x1] = res[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+  return out

@@ -1,0 +1,124 @@
+"""Tasks: what the generic trainer trains. A task is a set of pure functions.
+
+A task provides
+  make_data(config) -> (train_loader, eval_batches)       host-side, grain + TFDS
+  loss(model, variables, batch, rng, train) -> (loss, (metrics, new_model_state))
+  evaluate(model, variables, batch) -> dict of per-example metrics and outputs
+  samples(eval_outputs) -> dict name -> uint8 images (N, H, W, 3) to log / write
+Families add tasks with `register`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision import metrics as jv_metrics
+
+_TASKS: dict[str, "Task"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  make_data: Callable
+  loss: Callable
+  evaluate: Callable
+  samples: Callable
+
+
+def register(name: str, task: Task) -> None:
+  _TASKS[name] = task
+
+
+def get(name: str) -> Task:
+  if name not in _TASKS:
+    raise ValueError(f"unknown task {name!r}; choose from: {', '.join(sorted(_TASKS))}")
+  return _TASKS[name]
+
+
+# ---------------------------------------------------------------- image to image
+def pixel_loss(kind: str, pred, target):
+  d = pred - target
+  if kind == "mse":
+    return jnp.mean(d * d)
+  if kind == "l1":
+    return jnp.mean(jnp.abs(d))
+  if kind == "charbonnier":
+    return jnp.mean(jnp.sqrt(d * d + 1e-6))
+  raise ValueError(f"unknown loss {kind!r}; choose from: mse, l1, charbonnier")
+
+
+def _apply(model, variables, x, train):
+  if train and len(variables) > 1:  # model state (batch statistics) to update
+    mutable = [k for k in variables if k != "params"]
+    return model.apply(variables, x, train=True, mutable=mutable)
+  return model.apply(variables, x, train=train), {}
+
+
+def i2i_loss(model, variables, batch, rng, train, *, kind="mse"):
+  del rng
+  pred, new_state = _apply(model, variables, batch["input"], train)
+  loss = pixel_loss(kind, pred, batch["target"])
+  return loss, ({"mse": jnp.mean((pred - batch["target"]) ** 2)}, new_state)
+
+
+def i2i_evaluate(model, variables, batch):
+  pred = jnp.clip(model.apply(variables, batch["input"], train=False), 0.0, 1.0)
+  tgt = batch["target"]
+  return {
+      "psnr": jv_metrics.psnr(pred, tgt),
+      "ssim": jv_metrics.ssim(pred, tgt),
+      "input_psnr": jv_metrics.psnr(jnp.clip(batch["input"], 0, 1), tgt),
+      "output": pred,
+  }
+
+
+def to_uint8(x) -> np.ndarray:
+  return (np.clip(np.asarray(x, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def i2i_samples(batch, outputs) -> dict[str, np.ndarray]:
+  """Side-by-side input | output | target strips, one per evaluated image."""
+  x, y, t = (to_uint8(a) for a in (batch["input"], outputs["output"], batch["target"]))
+  return {"input": x, "output": y, "target": t,
+          "input|output|target": np.concatenate([x, y, t], axis=2)}
+
+
+def i2i_make_data(config):
+  from jaxvision import data, operators
+
+  d = config.data
+  data_dir = d.get("data_dir") or None
+  train_src = data.get_source(d.dataset, d.train_split, data_dir)
+  eval_src = data.get_source(d.dataset, d.eval_split, data_dir)
+  max_side = d.get("max_side") or None
+
+  def pairs(split, src):
+    if not d.get("operator"):
+      return None
+    params = dict(d.get("operator_params") or {})
+    fn = functools.partial(operators.get(d.operator), **params)
+    p = data.CachedPairs(d.dataset, split, d.operator, fn, params, max_side, data_dir)
+    p.prepare(src, progress=jax.process_index() == 0)
+    return p
+
+  per_host = config.batch_size // jax.process_count()
+  loader = data.make_train_loader(
+      train_src, batch_size=per_host, crop_size=d.crop_size, seed=config.seed,
+      pair_fn=pairs(d.train_split, train_src), worker_count=d.get("worker_count", 2))
+  eval_batches = data.make_eval_batches(
+      eval_src, crop_size=d.get("eval_crop") or None, pair_fn=pairs(d.eval_split, eval_src),
+      max_images=d.get("eval_max_images") or None)
+  return loader, eval_batches
+
+
+def _i2i_loss_from_config(model, variables, batch, rng, train, config=None):
+  return i2i_loss(model, variables, batch, rng, train, kind=config.get("loss", "mse"))
+
+
+register("image_to_image", Task(make_data=i2i_make_data, loss=_i2i_loss_from_config,
+                                evaluate=i2i_evaluate, samples=i2i_samples))

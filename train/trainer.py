@@ -1,0 +1,352 @@
+"""The generic, config-driven training loop.
+
+One loop for every family: the task (train/tasks.py) supplies data, loss and
+evaluation as pure functions; the model comes from the registry; the optimizer and
+its schedule from the config. The train step is a pure function of (state, batch),
+compiled once with `jax.jit` over a 1-D `Mesh` of every device in every process:
+the batch is sharded along its leading axis, parameters and optimizer state are
+replicated. Under jit the program has global semantics, so batch statistics, the
+mean loss and the gradients are those of the global batch whatever the device count.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxvision import checkpoint as jv_ckpt
+from jaxvision import models
+from train import tasks
+
+REQUIRED_KEYS = ("total_steps", "batch_size", "log_every", "eval_every",
+                 "checkpoint_every", "seed")
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on; the message is one line for the user."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # number of updates applied
+  params: Any
+  model_state: Any           # e.g. {"batch_stats": ...}; {} when the model has none
+  opt_state: Any
+  rng: jax.Array             # raw uint32[2] key, folded with the step each update
+  bad_step: jax.Array        # first step whose loss or gradient was non-finite, else -1
+
+
+# ---------------------------------------------------------------- optimizer
+def make_schedule(opt: ml_collections.ConfigDict, total_steps: int):
+  lr = opt.learning_rate
+  kind = opt.get("schedule", "constant")
+  warmup = opt.get("warmup_steps", 0)
+  if kind == "constant":
+    main = optax.constant_schedule(lr)
+  elif kind == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup),
+                                       alpha=opt.get("final_fraction", 0.0))
+  elif kind == "step":  # multiply by `decay_factor` at each of `boundaries` (fractions ok)
+    b = [int(x * total_steps) if x < 1 else int(x) for x in opt.get("boundaries", [])]
+    main = optax.piecewise_constant_schedule(
+        lr, {max(1, s - warmup): opt.get("decay_factor", 0.1) for s in b})
+  else:
+    raise ValueError(f"unknown schedule {kind!r}; choose from: constant, cosine, step")
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return main
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
+  opt = config.optimizer
+  sched = make_schedule(opt, config.total_steps)
+  name = opt.get("name", "adam")
+  if name == "adam":
+    tx = optax.adam(sched, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999))
+  elif name == "adamw":
+    tx = optax.adamw(sched, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                     weight_decay=opt.get("weight_decay", 1e-4))
+  elif name == "sgd":
+    tx = optax.sgd(sched, momentum=opt.get("momentum", 0.9) or None,
+                   nesterov=opt.get("nesterov", False))
+    if opt.get("weight_decay", 0.0):
+      tx = optax.chain(optax.add_decayed_weights(opt.weight_decay), tx)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; choose from: adam, adamw, sgd")
+  if opt.get("grad_clip_norm"):
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, sched
+
+
+# ---------------------------------------------------------------- steps
+def make_train_step(model, task, tx, config):
+  loss_fn = functools.partial(task.loss, config=config)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def objective(params):
+      return loss_fn(model, {"params": params, **state.model_state}, batch, rng, True)
+
+    (loss, (aux, new_model_state)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step is not applied, so the state (and any checkpoint) stays
+    # finite; the step is recorded and the host stops the run at its next check.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        model_state=keep(dict(new_model_state) or state.model_state, state.model_state),
+        opt_state=keep(opt_state, state.opt_state),
+        bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step + 1))
+    return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
+
+  return train_step
+
+
+# ---------------------------------------------------------------- helpers
+def maybe_initialize_distributed(enabled: bool) -> None:
+  if enabled:
+    jax.distributed.initialize()
+
+
+def check_config(config) -> None:
+  missing = [k for k in REQUIRED_KEYS if k not in config]
+  if missing:
+    raise TrainingError(f"config is missing required keys: {', '.join(missing)}")
+  for k in REQUIRED_KEYS[:5]:
+    if int(config[k]) <= 0:
+      raise TrainingError(f"config.{k} must be positive, got {config[k]}")
+  n = jax.device_count()
+  if config.batch_size % n:
+    raise TrainingError(f"config.batch_size={config.batch_size} is not divisible by "
+                        f"the {n} devices; use a multiple of {n}")
+
+
+class TensorBoard:
+  """Event files via tensorboardX (no TensorFlow); a no-op on non-zero processes."""
+
+  def __init__(self, logdir: str, enabled: bool):
+    self.w = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.w = SummaryWriter(logdir)
+
+  def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+    if self.w:
+      for k, v in values.items():
+        self.w.add_scalar(prefix + k, float(v), step)
+
+  def images(self, step: int, images: dict[str, np.ndarray], prefix: str = "") -> None:
+    if self.w:
+      for k, v in images.items():
+        self.w.add_images(prefix + k, v, step, dataformats="NHWC")
+
+  def flush(self):
+    if self.w:
+      self.w.flush()
+
+  def close(self):
+    if self.w:
+      self.w.close()
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def write_pngs(folder: str, tag: str, images: dict[str, np.ndarray]) -> list[str]:
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  written = []
+  for name, batch in images.items():
+    safe = name.replace("|", "_")
+    for i, im in enumerate(batch):
+      path = os.path.join(folder, f"{tag}_{i:02d}_{safe}.png")
+      Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).save(path + ".tmp.png")
+      os.replace(path + ".tmp.png", path)
+      written.append(path)
+  return written
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per `config` in `workdir`, resuming from its newest good checkpoint."""
+  check_config(config)
+  workdir = os.path.abspath(workdir)
+  lead = jax.process_index() == 0
+  if lead:
+    jv_ckpt.save_config(workdir, config)
+
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  task = tasks.get(config.task)
+  model = models.create(config.model.name, **config.model.get("kwargs", {}))
+  tx, schedule = make_optimizer(config)
+
+  t0 = time.time()
+  train_loader, eval_batches = task.make_data(config)
+  log(f"data ready in {time.time() - t0:.1f}s: {len(eval_batches)} eval batches; "
+      f"{jax.device_count()} device(s) ({jax.devices()[0].platform}), "
+      f"{jax.process_count()} process(es), global batch {config.batch_size}")
+
+  example = next(iter(train_loader))
+  local_example = jax.tree.map(lambda x: x[:1], example)
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init(seed):
+    rng = jax.random.PRNGKey(seed)
+    init_rng, train_rng = jax.random.split(rng)
+    variables = model.init(init_rng, local_example["input"], train=False)
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      model_state=model_state, opt_state=tx.init(params),
+                      rng=train_rng, bad_step=jnp.full((), -1, jnp.int32))
+
+  state = init(config.seed)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f"model {config.model.name}: {n_params:,} parameters")
+
+  mngr = jv_ckpt.manager(workdir, keep=config.get("keep_checkpoints", 3))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  train_iter = iter(train_loader)
+
+  def restore_args():
+    nonlocal train_iter
+    train_iter = iter(train_loader)
+    return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                              data=__import__("grain").checkpoint.CheckpointRestore(train_iter))
+
+  start_step, restored = jv_ckpt.restore_with_fallback(mngr, restore_args)
+  if start_step is None:
+    train_iter = iter(train_loader)
+    start_step = 0
+    if mngr.all_steps():
+      raise TrainingError(f"{workdir}: no checkpoint could be read; move the "
+                          "checkpoints/ folder away to start afresh")
+  else:
+    state = restored["state"]
+    log(f"resuming from checkpoint step {start_step} in {workdir}/checkpoints")
+  total = int(config.total_steps)
+  if start_step >= total:
+    log(f"checkpoint step {start_step} >= total_steps {total}: nothing to train")
+
+  train_step = jax.jit(make_train_step(model, task, tx, config),
+                       in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(task.evaluate, model), out_shardings=replicated)
+
+  def to_global(batch):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
+
+  def evaluate(state) -> tuple[dict, dict]:
+    variables = {"params": state.params, **state.model_state}
+    per_image: dict[str, list] = {}
+    samples: dict[str, list] = {}
+    for batch in eval_batches:
+      b = jax.device_put(batch, replicated)
+      out = jax.device_get(eval_step(variables, b))
+      for k, v in out.items():
+        if np.ndim(v) == 1:
+          per_image.setdefault(k, []).extend(np.asarray(v).tolist())
+      for k, v in task.samples(batch, out).items():
+        samples.setdefault(k, []).append(v)
+    means = {k: float(np.mean(v)) for k, v in per_image.items()}
+    return means, {k: np.concatenate(v) for k, v in samples.items()}
+
+  def check_finite(state, step):
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+      good = mngr.latest_step()
+      where = f"; the last checkpoint (step {good}) is finite" if good else ""
+      raise TrainingError(f"non-finite loss or gradient at step {bad}: stopping{where}. "
+                          "Lower the learning rate or check the data.")
+
+  tb = TensorBoard(os.path.join(workdir, "tensorboard"), lead)
+  if start_step == 0 and lead:
+    _, first_samples = evaluate(state)
+    tb.images(0, first_samples, "eval/")
+  from tqdm.auto import tqdm
+  bar = tqdm(total=total, initial=start_step, disable=not lead, dynamic_ncols=True,
+             desc="train", unit="step", mininterval=1.0, file=sys.stdout)
+  history: list[dict] = []
+  pending: list[dict] = []
+  eval_metrics: dict = {}
+  t_last, step_last = time.time(), start_step
+  images_per_step = config.batch_size
+  try:
+    with mesh:
+      for step in range(start_step + 1, total + 1):
+        batch = next(train_iter)
+        state, m = train_step(state, to_global(batch))
+        pending.append(m)
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+          check_finite(state, step)
+          means = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
+          pending = []
+          now = time.time()
+          rate = (step - step_last) / max(now - t_last, 1e-9)
+          t_last, step_last = now, step
+          means.update(steps_per_sec=rate, images_per_sec=rate * images_per_step,
+                       learning_rate=float(schedule(step)))
+          bar.set_postfix(loss=f"{means['loss']:.4g}")
+          tb.scalars(step, means, "train/")
+          history.append({"step": step, **means})
+        if step % config.eval_every == 0 or step == total:
+          eval_metrics, samples = evaluate(state)
+          tb.scalars(step, eval_metrics, "eval/")
+          tb.images(step, samples, "eval/")
+          tb.flush()
+          bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        if step % config.checkpoint_every == 0 or step == total:
+          check_finite(state, step)
+          mngr.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=__import__("grain").checkpoint.CheckpointSave(train_iter)))
+  finally:
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    tb.close()
+
+  if not eval_metrics:
+    eval_metrics, samples = evaluate(state)
+  else:
+    samples = samples
+  result = {"step": int(jax.device_get(state.step)), "eval": eval_metrics,
+            "train": history[-1] if history else {}, "wall_seconds": time.time() - t0}
+  if lead:
+    write_pngs(os.path.join(workdir, "samples"), "final", samples)
+    write_json_atomic(os.path.join(workdir, "metrics.json"), result)
+    log(f"done: step {result['step']}, " + ", ".join(
+        f"{k} {v:.4f}" for k, v in eval_metrics.items()) + f"; outputs in {workdir}")
+  return result

@@ -17,6 +17,8 @@ Reference conventions and tolerances are documented in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -47,13 +49,20 @@ def _check_pair(name: str, a, b) -> tuple[jnp.ndarray, jnp.ndarray]:
     return a.astype(jnp.float32), b.astype(jnp.float32)
 
 
-def _check_filter(name: str, filter_size: int, height: int, width: int) -> None:
-    if not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 != 1:
-        raise ValueError(f"{name}: filter_size must be a positive odd Python int, got {filter_size!r}")
-    if min(height, width) < filter_size:
+def _check_filter(name: str, filter_size, height: int, width: int) -> int:
+    try:
+        size = operator.index(filter_size)
+    except TypeError:  # includes a traced value: filter_size must be static
+        size = None
+    if size is None or size < 1 or size % 2 != 1:
         raise ValueError(
-            f"{name}: image spatial size {height}x{width} is smaller than filter_size={filter_size}"
+            f"{name}: filter_size must be a positive odd (static) Python int, got {filter_size!r}"
         )
+    if min(height, width) < size:
+        raise ValueError(
+            f"{name}: image spatial size {height}x{width} is smaller than filter_size={size}"
+        )
+    return size
 
 
 def _gaussian_kernel(filter_size: int, sigma) -> jnp.ndarray:
@@ -175,7 +184,14 @@ def ssim(a, b, data_range=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.03) -> j
     ``filter_size = 2 * int(3.5 * sigma + 0.5) + 1``.
     """
     a, b = _check_pair("ssim", a, b)
-    _check_filter("ssim", filter_size, a.shape[-3], a.shape[-2])
+    filter_size = _check_filter("ssim", filter_size, a.shape[-3], a.shape[-2])
+    return _ssim_impl(a, b, data_range, sigma, k1, k2, filter_size=filter_size)
+
+
+@functools.partial(jax.jit, static_argnames=("filter_size",))
+def _ssim_impl(a, b, data_range, sigma, k1, k2, *, filter_size):
+    # Jitted so that eager calls run as one compiled program instead of many
+    # small op-by-op dispatches; it is simply inlined under an outer jit.
     data_range = jnp.asarray(data_range, jnp.float32)
     x, lead = _flatten_batch(a)
     y, _ = _flatten_batch(b)
@@ -210,15 +226,21 @@ def ms_ssim(
     if scales < 1:
         raise ValueError("ms_ssim: weights must contain at least one value")
     h, w = a.shape[-3], a.shape[-2]
-    _check_filter("ms_ssim", filter_size, h, w)
+    filter_size = _check_filter("ms_ssim", filter_size, h, w)
     min_side = (filter_size - 1) * 2 ** (scales - 1)
     if min(h, w) <= min_side:
         raise ValueError(
             f"ms_ssim: image spatial size {h}x{w} is too small for {scales} scales with "
             f"filter_size={filter_size}; the smaller side must be > {min_side}"
         )
-    data_range = jnp.asarray(data_range, jnp.float32)
     weights_arr = jnp.asarray(weights, jnp.float32)
+    return _ms_ssim_impl(a, b, data_range, sigma, k1, k2, weights_arr, filter_size=filter_size)
+
+
+@functools.partial(jax.jit, static_argnames=("filter_size",))
+def _ms_ssim_impl(a, b, data_range, sigma, k1, k2, weights, *, filter_size):
+    data_range = jnp.asarray(data_range, jnp.float32)
+    scales = weights.shape[0]
     x, lead = _flatten_batch(a)
     y, _ = _flatten_batch(b)
     kernel = _gaussian_kernel(filter_size, sigma)
@@ -232,7 +254,7 @@ def ms_ssim(
         else:
             factors.append(jax.nn.relu(ssim_val))
     stacked = jnp.stack(factors, axis=0)  # (scales, N, C)
-    per_channel = jnp.prod(stacked ** weights_arr[:, None, None], axis=0)
+    per_channel = jnp.prod(stacked ** weights[:, None, None], axis=0)
     return jnp.mean(per_channel, axis=-1).reshape(lead)
 
 

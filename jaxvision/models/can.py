@@ -5,7 +5,7 @@ Layer s = 1 .. d-2 is a 3x3 convolution with dilation 2^(s-1); layer d-1 is a 3x
 convolution with dilation 1; layer d is a 1x1 convolution to the output channels.
 Every hidden layer is followed by adaptive normalisation λ·x + μ·BN(x) and
 LeakyReLU(0.2). The released CAN24 has d = 9 (dilations 1..64), a receptive field of
-259x259 pixels. `depth` is the paper's d (all layers, output included).
+257x257 pixels. `depth` is the paper's d (all layers, output included).
 
 Identity initialisation (the paper found it crucial): every 3x3 kernel has a one at the
 centre tap from input channel i to output channel i, zeros elsewhere, and so does the

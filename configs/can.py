@@ -37,7 +37,8 @@ def get_config(arg: str = "l0_smoothing") -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.task = "image_to_image"
-  c.model = ml_collections.ConfigDict({"name": "can24", "kwargs": {}})
+  c.model = ml_collections.ConfigDict(
+      {"name": "can", "kwargs": {"width": 24, "depth": 9, "dtype": "float32"}})
   c.loss = "mse"
   c.data = ml_collections.ConfigDict(dict(
       dataset="photos",          # "photos" | "folder:/path" | any array_record TFDS name
@@ -64,7 +65,7 @@ def get_config(arg: str = "l0_smoothing") -> ml_collections.ConfigDict:
   c.seed = 0
 
   if opts["preset"] == "paper":
-    c.model.name = "can32"
+    c.model.kwargs.width = 32  # CAN32
     c.data.max_side = 0
     c.data.crop_size = 512
     c.optimizer.learning_rate = 1e-4

@@ -89,7 +89,7 @@ def i2i_samples(batch, outputs) -> dict[str, np.ndarray]:
 
 
 def i2i_make_data(config):
-  from jaxvision import data, operators
+  from jaxvision import data
 
   d = config.data
   data_dir = d.get("data_dir") or None
@@ -100,6 +100,7 @@ def i2i_make_data(config):
   def pairs(split, src):
     if not d.get("operator"):
       return None
+    from jaxvision import operators
     params = dict(d.get("operator_params") or {})
     fn = functools.partial(operators.get(d.operator), **params)
     p = data.CachedPairs(d.dataset, split, d.operator, fn, params, max_side, data_dir)

@@ -71,6 +71,7 @@ class CAN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    """x: (N, H, W, C) float in [0, 1]; train=True uses and updates batch statistics."""
     if x.ndim != 4:
       raise ValueError(f"CAN expects NHWC input, got shape {x.shape}")
     h = x.astype(self.dtype)
@@ -91,19 +92,26 @@ def receptive_radius(depth: int) -> int:
   return sum(2 ** s for s in range(depth - 2)) + 1
 
 
+def _make(defaults, kwargs) -> CAN:
+  kw = {**defaults, **kwargs}
+  if isinstance(kw.get("dtype"), str):  # configs name dtypes as strings
+    kw["dtype"] = jnp.dtype(kw["dtype"])
+  return CAN(**kw)
+
+
 @register("can")
 def can(**kwargs) -> CAN:
-  return CAN(**kwargs)
+  return _make({}, kwargs)
 
 
 @register("can24")
 def can24(**kwargs) -> CAN:
-  return CAN(**{"width": 24, "depth": 9, **kwargs})
+  return _make({"width": 24, "depth": 9}, kwargs)
 
 
 @register("can32")
 def can32(**kwargs) -> CAN:
-  return CAN(**{"width": 32, "depth": 9, **kwargs})
+  return _make({"width": 32, "depth": 9}, kwargs)
 
 
 def apply_tiled(apply_fn, image: np.ndarray, *, radius: int, tile: int = 512) -> np.ndarray:

@@ -49,21 +49,19 @@ def all_finite(tree) -> bool:
 
 
 def restore_with_fallback(mngr: ocp.CheckpointManager,
-                          make_args: Callable[[], ocp.args.Composite],
+                          make_args: Callable[[int], ocp.args.Composite],
                           ) -> tuple[int | None, Any]:
   """Restores the newest readable step; a damaged one is skipped with a warning.
 
-  `make_args()` builds fresh restore args for each attempt (a failed attempt may
+  `make_args(step)` builds fresh restore args for each attempt (a failed attempt may
   have partly restored an iterator). Returns (step, restored) or (None, None).
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      restored = mngr.restore(step, args=make_args())
+      restored = mngr.restore(step, args=make_args(step))
     except Exception as e:  # orbax raises many types for damaged files
       msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-      log.warning("checkpoint step %d is damaged (%s: %s); trying the previous one",
-                  step, type(e).__name__, msg)
-      print(f"warning: checkpoint step {step} is damaged ({type(e).__name__}); "
+      print(f"warning: checkpoint step {step} is damaged ({type(e).__name__}: {msg}); "
             "trying the previous one", flush=True)
       continue
     if not all_finite(restored["state"]):
@@ -100,10 +98,18 @@ def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
   mngr = ocp.CheckpointManager(
       os.path.abspath(ckdir),
       options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler()})
+      item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+
+  def as_numpy(step):
+    # Restore as host numpy arrays, whatever device topology wrote the checkpoint
+    # (8 TPU cores, one GPU, ...): inference must not depend on it.
+    meta = mngr.item_metadata(step)["state"]
+    meta = getattr(meta, "tree", meta)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args))
+
   try:
-    step, restored = restore_with_fallback(
-        mngr, lambda: ocp.args.Composite(state=ocp.args.StandardRestore()))
+    step, restored = restore_with_fallback(mngr, as_numpy)
   finally:
     mngr.close()
   if step is None:

@@ -109,6 +109,8 @@ def main(argv=None) -> int:
   for add in COMMANDS:
     add(sub)
   args = parser.parse_args(argv)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter
   try:
     args.func(args)
   except CliError as e:

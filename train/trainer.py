@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   train_iter = iter(train_loader)
 
-  def restore_args():
+  def restore_args(step):
     nonlocal train_iter
     train_iter = iter(train_loader)
     return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

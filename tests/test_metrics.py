@@ -140,7 +140,7 @@ def test_psnr_and_ssim_match_skimage(photos, name, kind):
     np.testing.assert_allclose(float(got_ssim), want_ssim, rtol=0, atol=SSIM_ATOL)
 
 
-def test_uint8_with_data_range_255(photos):
+def test_uint8_with_data_range_255():
     x = skimage.data.astronaut()
     y = (255 * _degrade(x / 255.0, "noise_small")).round().astype(np.uint8)
     want_psnr = skimage.metrics.peak_signal_noise_ratio(x, y, data_range=255)

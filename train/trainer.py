@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvision import checkpoint as jv_ckpt
+from jaxvision import data as jv_data
 from jaxvision import models
 from train import tasks
 
@@ -153,10 +154,12 @@ class TensorBoard:
       for k, v in values.items():
         self.w.add_scalar(prefix + k, float(v), step)
 
-  def images(self, step: int, images: dict[str, np.ndarray], prefix: str = "") -> None:
+  def images(self, step: int, images: dict[str, list], prefix: str = "",
+             max_images: int = 4) -> None:
     if self.w:
-      for k, v in images.items():
-        self.w.add_images(prefix + k, v, step, dataformats="NHWC")
+      for k, ims in images.items():
+        for i, im in enumerate(ims[:max_images]):
+          self.w.add_image(f"{prefix}{k}/{i}", im, step, dataformats="HWC")
 
   def flush(self):
     if self.w:
@@ -242,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal train_iter
     train_iter = iter(train_loader)
     return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                              data=__import__("grain").checkpoint.CheckpointRestore(train_iter))
+                              data=jv_data.checkpoint_restore_arg(train_iter))
 
   start_step, restored = jv_ckpt.restore_with_fallback(mngr, restore_args)
   if start_step is None:
@@ -278,9 +281,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if np.ndim(v) == 1:
           per_image.setdefault(k, []).extend(np.asarray(v).tolist())
       for k, v in task.samples(batch, out).items():
-        samples.setdefault(k, []).append(v)
+        samples.setdefault(k, []).extend(list(v))  # per image: sizes may differ
     means = {k: float(np.mean(v)) for k, v in per_image.items()}
-    return means, {k: np.concatenate(v) for k, v in samples.items()}
+    return means, samples
 
   def check_finite(state, step):
     bad = int(jax.device_get(state.bad_step))
@@ -331,17 +334,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           check_finite(state, step)
           mngr.save(step, args=ocp.args.Composite(
               state=ocp.args.StandardSave(state),
-              data=__import__("grain").checkpoint.CheckpointSave(train_iter)))
+              data=jv_data.checkpoint_save_arg(train_iter)))
   finally:
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
     tb.close()
 
-  if not eval_metrics:
+  if not eval_metrics:  # nothing left to train: evaluate the restored state
     eval_metrics, samples = evaluate(state)
-  else:
-    samples = samples
   result = {"step": int(jax.device_get(state.step)), "eval": eval_metrics,
             "train": history[-1] if history else {}, "wall_seconds": time.time() - t0}
   if lead:

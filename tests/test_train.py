@@ -46,7 +46,7 @@ def test_readme_main_job_runs(tmp_path, tfds_dir):
   m = json.load(open(workdir / "metrics.json"))
   assert m["step"] == 6 and np.isfinite(m["eval"]["psnr"]) and 0 < m["eval"]["ssim"] <= 1
   cfg = json.load(open(workdir / "config.json"))
-  assert cfg["data"]["operator"] == "l0_smoothing"
+  assert cfg["data"]["operator"] == cmd[cmd.index("--config") + 1].split(":")[1]
   tags = read_event_tags(events[0])
   assert {"train/loss", "train/steps_per_sec", "eval/psnr", "eval/ssim"} <= tags["scalar"]
   assert "eval/input_output_target/0" in tags["image"]
@@ -75,7 +75,8 @@ def test_eight_devices_match_one(tmp_path, tfds_dir):
   loss, gradient sums), which bounds parameter differences to ~1e-6; we allow 2e-5.
   """
   over = dict(total_steps=4, checkpoint_every=4, eval_every=4,
-              **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.05})
+              **{"optimizer.name": "sgd", "optimizer.learning_rate": 0.5,
+                 "optimizer.warmup_steps": 0})
   one, eight = tmp_path / "one", tmp_path / "eight"
   run(train_cmd(one, **over), tfds_dir, devices=1)
   p8 = run(train_cmd(eight, **over), tfds_dir, devices=8)
@@ -85,8 +86,13 @@ def test_eight_devices_match_one(tmp_path, tfds_dir):
   assert s1 == s8 == 4
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), v1, v8)
   assert max(jax.tree.leaves(moved)) < 2e-5, moved
-  # ... and training did move them away from the identity initialisation.
-  assert np.abs(np.asarray(v1["params"]["output"]["bias"])).max() > 1e-4
+  # ... while training moved them far more than that from the initialisation.
+  from jaxvision import models
+  init = models.create("can", width=8, depth=4).init(
+      jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+  step = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
+                      v1["params"], init)
+  assert max(jax.tree.leaves(step)) > 1e-2, step
   l1 = json.load(open(one / "metrics.json"))["train"]["loss"]
   l8 = json.load(open(eight / "metrics.json"))["train"]["loss"]
   assert abs(l1 - l8) <= 1e-5 * max(1.0, abs(l1))

@@ -10,7 +10,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and outputs go.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host launches).")
+    "distributed", False, "Call jax.distributed.initialize() (multi-host launches). "
+    "On TPU pods, SLURM and other auto-detected clusters no other flag is needed.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (manual multi-host launches).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,7 +28,9 @@ def main(argv):
   from train import trainer  # heavy imports after flag parsing (fast --help)
   from jaxvision.data import DataError
 
-  trainer.maybe_initialize_distributed(_DISTRIBUTED.value)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                   _PROCESS_ID.value)
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (trainer.TrainingError, DataError, ValueError) as e:

@@ -122,9 +122,14 @@ def make_train_step(model, task, tx, config):
 
 
 # ---------------------------------------------------------------- helpers
-def maybe_initialize_distributed(enabled: bool) -> None:
-  if enabled:
-    jax.distributed.initialize()
+def initialize_distributed(coordinator_address=None, num_processes=None,
+                           process_id=None) -> None:
+  """jax.distributed.initialize(); arguments None are auto-detected (TPU, SLURM...)."""
+  # CPU processes need a collectives backend to talk across hosts (no effect on
+  # GPU/TPU computations). Must be set before any backend is initialised.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
 
 
 def check_config(config) -> None:

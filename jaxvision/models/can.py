@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision import layers
 from jaxvision.models import register
 
 
@@ -78,7 +79,8 @@ class CAN(nn.Module):
     for i, rate in enumerate(self.dilations()):
       h = nn.Conv(self.width, (3, 3), kernel_dilation=rate, padding="SAME",
                   use_bias=not self.adaptive_norm, kernel_init=identity_init,
-                  dtype=self.dtype, name=f"conv{i + 1}")(h)
+                  dtype=self.dtype, conv_general_dilated=layers.conv_general_dilated,
+                  name=f"conv{i + 1}")(h)
       if self.adaptive_norm:
         h = AdaptiveNorm(name=f"norm{i + 1}")(h, train)
       h = nn.leaky_relu(h, self.negative_slope)

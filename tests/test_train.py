@@ -169,3 +169,35 @@ def test_bad_config_is_one_line_error(tmp_path, tfds_dir):
   p = run(train_cmd(tmp_path / "b", config="configs/can.py:no_such_op"), tfds_dir,
           check=False)
   assert p.returncode == 1 and "unknown operator 'no_such_op'" in p.stderr
+
+
+def test_two_processes_train_and_resume(tmp_path, tfds_dir):
+  """Multi-host on one machine: 2 processes (gloo), each loading its own data shard;
+  each saves its own iterator state, and both resume from it."""
+  import socket
+  work = tmp_path / "mh"
+
+  def launch(total):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    env = {**os.environ, "TFDS_DATA_DIR": tfds_dir, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        train_cmd(work, total_steps=total, checkpoint_every=2, eval_every=total)
+        + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+  outs = launch(4)
+  assert "2 device(s) (cpu), 2 process(es), global batch 8" in outs[0]
+  assert "done: step 4" in outs[0] and "done:" not in outs[1]  # process 0 reports
+  assert sorted(os.listdir(work / "checkpoints" / "4" / "data")) == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  outs = launch(6)
+  assert "resuming from checkpoint step 4" in outs[0]
+  assert json.load(open(work / "metrics.json"))["step"] == 6

@@ -299,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           "Lower the learning rate or check the data.")
 
   tb = TensorBoard(os.path.join(workdir, "tensorboard"), lead)
-  if start_step == 0 and lead:
+  if start_step == 0:  # every process: eval_step is one SPMD program over all hosts
     _, first_samples = evaluate(state)
     tb.images(0, first_samples, "eval/")
   from tqdm.auto import tqdm
@@ -334,7 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           tb.scalars(step, eval_metrics, "eval/")
           tb.images(step, samples, "eval/")
           tb.flush()
-          bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+          if lead:
+            bar.write(f"step {step}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         if step % config.checkpoint_every == 0 or step == total:
           check_finite(state, step)
           mngr.save(step, args=ocp.args.Composite(

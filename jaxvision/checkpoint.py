@@ -73,12 +73,9 @@ def restore_with_fallback(mngr: ocp.CheckpointManager,
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  from jaxvision.data import atomic_write
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  atomic_write(os.path.join(workdir, CONFIG_FILE), lambda f: f.write(text), binary=False)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

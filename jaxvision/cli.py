@@ -17,17 +17,13 @@ class CliError(Exception):
 
 
 def _atomic_save_png(array, path: str) -> None:
+  """The output appears whole or not at all (no half-written file on error)."""
   from PIL import Image
+  from jaxvision.data import atomic_write
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise CliError(f"{path}: output folder {folder} does not exist")
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-  try:
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 # ---------------------------------------------------------------- enhance

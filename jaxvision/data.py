@@ -945,36 +945,31 @@ def make_eval_batches(source, *, crop_size: int | None, pair_fn=None, max_images
 # Target cache for slow operators
 # --------------------------------------------------------------------------------------------
 
-def _atomic_write_png(path: str, rgb_uint8: np.ndarray) -> None:
-  """PNG written to a temp file in the same directory, then os.replace()d into place: readers
-  (other workers / hosts) see either no file or a complete one."""
-  d = os.path.dirname(path)
+def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
+  """Writes `path` through `write(file)` into a temp file, then renames it, so that
+  readers (other workers / hosts / a user) see either no file or a complete one,
+  and an error leaves nothing behind."""
+  d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(np.ascontiguousarray(rgb_uint8)).save(f, format="PNG", compress_level=3)
+    with os.fdopen(fd, "wb" if binary else "w") as f:
+      write(f)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def _atomic_write_png(path: str, rgb_uint8: np.ndarray) -> None:
+  atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(rgb_uint8)).save(
+      f, format="PNG", compress_level=3))
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-  d = os.path.dirname(path)
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 class CachedPairs:

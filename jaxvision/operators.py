@@ -415,6 +415,18 @@ def _tv_buffers(f: np.ndarray) -> tuple[np.ndarray, ...]:
     return (fc,) + tuple(np.zeros_like(fc) for _ in range(6))
 
 
+def _dual_step(ubar, px, py, gx, gy, dv, tmp, sigma, radius):
+    """Chambolle-Pock dual update shared by ROF and TV-L1, in place:
+    p <- proj_{|p| <= radius}(p + sigma grad ubar), then dv <- div p."""
+    _grad(ubar, gx, gy)
+    gx *= sigma
+    gy *= sigma
+    px += gx
+    py += gy
+    _project_dual(px, py, radius, tmp)
+    _div(px, py, dv)
+
+
 @register("rof")
 def rof(
     image: np.ndarray,
@@ -472,13 +484,7 @@ def rof(
     u = fc.copy()
     ubar = fc.copy()
     for _ in range(n_iter):
-        _grad(ubar, gx, gy)
-        gx *= sigma
-        gy *= sigma
-        px += gx
-        py += gy
-        _project_dual(px, py, weight, tmp)
-        _div(px, py, dv)
+        _dual_step(ubar, px, py, gx, gy, dv, tmp, sigma, weight)
         dv += fc
         dv *= tau
         dv += u
@@ -549,13 +555,7 @@ def tv_l1(
     u = fc.copy()
     ubar = fc.copy()
     for _ in range(n_iter):
-        _grad(ubar, gx, gy)
-        gx *= sigma
-        gy *= sigma
-        px += gx
-        py += gy
-        _project_dual(px, py, 1.0, tmp)
-        _div(px, py, dv)
+        _dual_step(ubar, px, py, gx, gy, dv, tmp, sigma, 1.0)
         # r = u + tau div p - f; u_new = f + shrink(r, tau lam)
         dv *= tau
         dv += u

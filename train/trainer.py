@@ -176,10 +176,8 @@ class TensorBoard:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  jv_data.atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True),
+                       binary=False)
 
 
 def write_pngs(folder: str, tag: str, images: dict[str, np.ndarray]) -> list[str]:
@@ -190,8 +188,8 @@ def write_pngs(folder: str, tag: str, images: dict[str, np.ndarray]) -> list[str
     safe = name.replace("|", "_")
     for i, im in enumerate(batch):
       path = os.path.join(folder, f"{tag}_{i:02d}_{safe}.png")
-      Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).save(path + ".tmp.png")
-      os.replace(path + ".tmp.png", path)
+      pil = Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im)
+      jv_data.atomic_write(path, lambda f: pil.save(f, format="PNG"))
       written.append(path)
   return written
 

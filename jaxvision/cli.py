@@ -61,12 +61,16 @@ def enhance(args) -> None:
   fn = jax.jit(lambda x: model.apply(variables, x, train=False))
   x = image.astype(np.float32) / 255.0
   t = time.time()
-  y = apply_tiled(lambda b: fn(b), x, radius=radius, tile=args.tile)
+  h, w = image.shape[:2]
+  tile = args.tile
+  if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
+    tile = max(h, w) if h * w <= args.max_pixels else max(
+        64, int(args.max_pixels ** 0.5) - 2 * radius)
+  y = apply_tiled(fn, x, radius=radius, tile=tile)
   y = (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
   if alpha is not None:
     y = np.concatenate([y, alpha[..., None]], axis=-1)
   _atomic_save_png(y, args.output)
-  h, w = image.shape[:2]
   print(f"{args.input} -> {args.output}: {w}x{h}, {config.data.get('operator', '')} "
         f"(checkpoint step {step}), {time.time() - t:.2f}s")
 
@@ -89,7 +93,10 @@ def _add_enhance(sub):
                  help="workdir of a `python -m train` run")
   p.add_argument("--input", required=True, metavar="IN", help="input image (any format Pillow reads)")
   p.add_argument("--output", required=True, metavar="OUT.png")
-  p.add_argument("--tile", type=int, default=512, help="output pixels per tile side (default 512)")
+  p.add_argument("--tile", type=int, default=None,
+                 help="output pixels per tile side (default: from --max-pixels)")
+  p.add_argument("--max-pixels", type=float, default=4e6,
+                 help="largest window the network sees at once (default 4e6); bounds memory")
   p.add_argument("--radius", type=int, default=160, help=argparse.SUPPRESS)
   p.set_defaults(func=enhance)
 

@@ -34,8 +34,16 @@ def main(argv):
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (trainer.TrainingError, DataError, ValueError) as e:
+    # Config and data mistakes are one line; a genuine bug still gets a traceback
+    # with -v 1 (--verbosity=1).
+    if flags.FLAGS["verbosity"].present:
+      raise
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print(f"\ninterrupted; checkpoints written so far are in {_WORKDIR.value}/checkpoints: "
+          "run the same command to resume", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -222,8 +222,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"{jax.device_count()} device(s) ({jax.devices()[0].platform}), "
       f"{jax.process_count()} process(es), global batch {config.batch_size}")
 
-  example = next(iter(train_loader))
-  local_example = jax.tree.map(lambda x: x[:1], example)
+  if not eval_batches:
+    raise TrainingError("the eval split gave no batches; check config.data.eval_split")
+  # Shapes for init come from an eval batch already in memory, so the train
+  # iterator (and its worker processes) starts once.
+  local_example = jax.tree.map(lambda x: np.asarray(x)[:1], eval_batches[0])
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def init(seed):

@@ -140,6 +140,12 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, tfds_dir):
   assert "checkpoint step 6 is damaged" in p.stdout
   assert "resuming from checkpoint step 4" in p.stdout
   assert json.load(open(work / "metrics.json"))["step"] == 8
+  # A pipeline change that grain cannot map (another worker count) keeps the
+  # parameters and says so, instead of calling every checkpoint damaged.
+  p = run(train_cmd(work, total_steps=10, **{"data.worker_count": 1}), tfds_dir)
+  assert "does not fit this pipeline" in p.stdout
+  assert "resuming from checkpoint step 8" in p.stdout
+  assert json.load(open(work / "metrics.json"))["step"] == 10
 
 
 def test_nonfinite_loss_stops_with_clear_error(tmp_path, tfds_dir):

@@ -245,23 +245,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   mngr = jv_ckpt.manager(workdir, keep=config.get("keep_checkpoints", 3))
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  start_step, restored = jv_ckpt.restore_with_fallback(
+      mngr, lambda step: ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   train_iter = iter(train_loader)
-
-  def restore_args(step):
-    nonlocal train_iter
-    train_iter = iter(train_loader)
-    return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                              data=jv_data.checkpoint_restore_arg(train_iter))
-
-  start_step, restored = jv_ckpt.restore_with_fallback(mngr, restore_args)
   if start_step is None:
-    train_iter = iter(train_loader)
     start_step = 0
     if mngr.all_steps():
       raise TrainingError(f"{workdir}: no checkpoint could be read; move the "
                           "checkpoints/ folder away to start afresh")
   else:
     state = restored["state"]
+    try:  # the data position separately: a changed pipeline must not lose the params
+      mngr.restore(start_step, args=ocp.args.Composite(
+          data=jv_data.checkpoint_restore_arg(train_iter)))
+    except Exception as e:  # grain refuses states of another worker/host count
+      train_iter = iter(train_loader)
+      reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+      log(f"warning: the data position saved at step {start_step} does not fit this "
+          f"pipeline ({reason}); did data.worker_count, the dataset or the number of "
+          "hosts change? Continuing with the data order from its start.")
     log(f"resuming from checkpoint step {start_step} in {workdir}/checkpoints")
   total = int(config.total_steps)
   if start_step >= total:

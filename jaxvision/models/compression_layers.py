@@ -1,0 +1,407 @@
+"""Layers and entropy models for learned image compression.
+
+  * `GDN` / IGDN (Ballé, Laparra, Simoncelli 2016), non-negative reparametrisation
+    as CompressAI's `NonNegativeParametrizer`.
+  * `EntropyBottleneck`: the factorized non-parametric density of Ballé et al. 2018
+    (appendix 6.1), one monotone cumulative per channel, learned quantiles.
+  * `GaussianConditional`: the discretised Gaussian of the scale / mean-scale
+    hyperprior (Ballé et al. 2018, Minnen et al. 2018) over a log-spaced scale table.
+  * Host-side integer CDF tables (`update`) for a range coder, in float64 numpy so
+    that they are a deterministic function of the parameters.
+
+Layout is channels-last (NHWC). Quantisation is around the learned medians for the
+factorized model and around the predicted means for the Gaussian, as in CompressAI.
+
+Determinism contract for the coder: an encoder and a decoder must pick the same CDF
+row for every symbol. The row of a Gaussian symbol is chosen from a float scale
+(`build_indexes`), and a float scale that sits exactly at a scale-table boundary may
+round to either side on two machines (different XLA fusion, FMA, BLAS). jaxvision
+therefore computes indexes in one place (`GaussianConditional.build_indexes`, from the
+decoded hyper-latent on both sides) and the coder only ever sees int32 indexes and
+the int32 tables below; it never compares floats itself.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+# Bound used by the likelihood models below and by CompressAI (likelihood_bound).
+LIKELIHOOD_BOUND = 1e-9
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def lower_bound(x, bound: float):
+  """max(x, bound), whose gradient still flows when it would push x back up.
+
+  A plain max kills the gradient below the bound and a parameter that crossed it
+  could never return (CompressAI `LowerBound`).
+  """
+  return jnp.maximum(x, bound)
+
+
+def _lower_bound_fwd(x, bound):
+  return jnp.maximum(x, bound), x
+
+
+def _lower_bound_bwd(bound, x, g):
+  # Pass if above the bound, or if gradient descent (x -= lr*g) would raise x.
+  return (jnp.where((x >= bound) | (g < 0), g, jnp.zeros_like(g)),)
+
+
+lower_bound.defvjp(_lower_bound_fwd, _lower_bound_bwd)
+
+
+def nonneg_init(value, pedestal: float = 2.0 ** -36):
+  """Stored form of a non-negative value: sqrt(max(value + pedestal, pedestal))."""
+  value = jnp.asarray(value, jnp.float32)
+  return jnp.sqrt(jnp.maximum(value + pedestal, pedestal))
+
+
+def nonneg(stored, minimum: float = 0.0, pedestal: float = 2.0 ** -36):
+  """Effective value lower_bound(stored, sqrt(minimum + pedestal))² - pedestal >= minimum.
+
+  The square root makes small values move slowly under SGD (the parametrisation of
+  Ballé 2016); the pedestal keeps the bound away from 0 where the gradient of the
+  square vanishes.
+  """
+  bound = math.sqrt(minimum + pedestal)
+  return lower_bound(stored, bound) ** 2 - pedestal
+
+
+# ---------------------------------------------------------------------------- GDN
+
+
+class GDN(nn.Module):
+  """y_i = x_i / sqrt(β_i + Σ_j γ_ij x_j²) (IGDN: times the square root). NHWC.
+
+  Params (stored, see `nonneg`): beta (C,), gamma (C_out, C_in); init β=1, γ=0.1·I.
+  """
+
+  inverse: bool = False
+  beta_min: float = 1e-6
+  gamma_init: float = 0.1
+  reparam_offset: float = 2.0 ** -18
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    ped = self.reparam_offset ** 2
+    beta = self.param("beta", lambda k, s: nonneg_init(jnp.ones(s), ped), (c,))
+    gamma = self.param(
+        "gamma", lambda k, s: nonneg_init(self.gamma_init * jnp.eye(s[0]), ped), (c, c))
+    beta, gamma = self.effective({"beta": beta, "gamma": gamma})
+    norm = jnp.matmul(jnp.square(x), gamma.T.astype(x.dtype)) + beta.astype(x.dtype)
+    return x * jnp.sqrt(norm) if self.inverse else x * jax.lax.rsqrt(norm)
+
+  @nn.nowrap
+  def effective(self, params):
+    """(β, γ) as used by the layer, from the stored params."""
+    ped = self.reparam_offset ** 2
+    return (nonneg(params["beta"], self.beta_min, ped),
+            nonneg(params["gamma"], 0.0, ped))
+
+
+# ------------------------------------------------------------------ integer tables
+
+
+class CdfTables(NamedTuple):
+  """Quantised CDFs for a range coder (all int32).
+
+  cdfs: (rows, max_len), row r is 0 = c_0 < c_1 < ... < c_{n} = 2^precision over
+    its first cdf_lengths[r] entries, zero-padded. Symbols 0..n-2 are the support,
+    symbol n-1 the escape (tail) bin, so cdf_lengths = support size + 2.
+  cdf_lengths: (rows,).
+  offsets: (rows,) value of symbol 0 (support symbol s encodes value s + offset,
+    relative to the median / mean).
+  """
+
+  cdfs: np.ndarray
+  cdf_lengths: np.ndarray
+  offsets: np.ndarray
+
+
+def pmf_to_quantized_cdf(pmf, precision: int = 16) -> np.ndarray:
+  """CDF (len n+1, int64) of frequencies summing to 2^precision, every one >= 1.
+
+  CompressAI's algorithm: scale and round, then repair zero frequencies by stealing
+  counts. We steal from the largest frequencies (ties: lowest index, so it is
+  deterministic): one count costs a large symbol the least code length.
+  """
+  pmf = np.asarray(pmf, np.float64)
+  total = 1 << precision
+  n = pmf.size
+  if n > total:
+    raise ValueError(f"{n} symbols do not fit into {precision}-bit frequencies")
+  if not np.all(np.isfinite(pmf)) or np.any(pmf < 0) or pmf.sum() <= 0:
+    raise ValueError("pmf must be finite, non-negative and not all zero")
+  freq = np.maximum(np.rint(pmf / pmf.sum() * total).astype(np.int64), 1)
+  excess = int(freq.sum()) - total
+  if excess < 0:
+    freq[np.argmax(freq)] -= excess  # rounding left counts over: give them to the mode
+  while excess > 0:
+    # One count from each of the `excess` largest symbols that can spare one.
+    order = np.argsort(-freq, kind="stable")
+    order = order[freq[order] > 1][:excess]
+    freq[order] -= 1
+    excess -= order.size
+  return np.concatenate([[0], np.cumsum(freq)])
+
+
+def _pack(rows, offsets) -> CdfTables:
+  lengths = np.array([r.size for r in rows], np.int32)
+  cdfs = np.zeros((len(rows), lengths.max()), np.int32)
+  for i, r in enumerate(rows):
+    cdfs[i, :r.size] = r
+  return CdfTables(cdfs, lengths, np.asarray(offsets, np.int32))
+
+
+# ------------------------------------------------------------- factorized density
+
+
+def _logits_cumulative(p, x, xp):
+  """Per-channel monotone logit of the CDF. p: density params, x: (C, N) -> (C, N).
+
+  xp is jnp (training, float32) or np (tables, float64); the same code serves both.
+  """
+  if xp is np:
+    softplus, tanh = (lambda v: np.logaddexp(0.0, v)), np.tanh
+  else:
+    softplus, tanh = jax.nn.softplus, jnp.tanh
+  logits = x[:, None, :]
+  i = 0
+  while f"matrix_{i}" in p:
+    logits = xp.matmul(softplus(p[f"matrix_{i}"]), logits) + p[f"bias_{i}"]
+    if f"factor_{i}" in p:
+      logits = logits + tanh(p[f"factor_{i}"]) * tanh(logits)
+    i += 1
+  return logits[:, 0, :]
+
+
+def _factorized_likelihood(p, v, xp):
+  """P(v-½ < y < v+½) per channel; v: (C, N). Returns (pmf, lower, upper logits)."""
+  lower = _logits_cumulative(p, v - 0.5, xp)
+  upper = _logits_cumulative(p, v + 0.5, xp)
+  # Evaluate on the side where both sigmoids are small (no 1 - 1 cancellation).
+  # where() instead of CompressAI's -sign(): sign(0) = 0 would zero the likelihood.
+  sign = xp.where(lower + upper > 0, -1.0, 1.0)
+  sigmoid = special.expit if xp is np else jax.nn.sigmoid
+  return xp.abs(sigmoid(sign * upper) - sigmoid(sign * lower)), lower, upper
+
+
+def _host_params(params):
+  params = params.get("params", params)
+  return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+class EntropyBottleneck(nn.Module):
+  """Factorized prior p(y_c) = c_c(y+½) - c_c(y-½), c_c a learned monotone CDF.
+
+  Params per layer i: matrix_i (C, f_out, f_in) (softplus'ed), bias_i (C, f_out, 1),
+  factor_i (C, f_out, 1) (tanh'ed, all but the last layer); quantiles (C, 3): the
+  tail_mass/2, ½ and 1 - tail_mass/2 quantiles, trained only by `aux_loss`.
+  """
+
+  channels: int
+  filters: tuple[int, ...] = (3, 3, 3, 3)
+  init_scale: float = 10.0
+  tail_mass: float = 1e-9
+  likelihood_bound: float = LIKELIHOOD_BOUND
+
+  def setup(self):
+    f = (1,) + tuple(self.filters) + (1,)
+    scale = self.init_scale ** (1.0 / (len(f) - 1))
+    c = self.channels
+    density = {}
+    for i in range(len(f) - 1):
+      # Each layer scales by 1/scale, so the init CDF is a logistic of width init_scale.
+      init = math.log(math.expm1(1.0 / scale / f[i + 1]))
+      density[f"matrix_{i}"] = self.param(
+          f"matrix_{i}", nn.initializers.constant(init), (c, f[i + 1], f[i]))
+      density[f"bias_{i}"] = self.param(
+          f"bias_{i}", lambda k, s: jax.random.uniform(k, s, minval=-0.5, maxval=0.5),
+          (c, f[i + 1], 1))
+      if i < len(f) - 2:
+        density[f"factor_{i}"] = self.param(
+            f"factor_{i}", nn.initializers.zeros, (c, f[i + 1], 1))
+    self.density = density
+    s = self.init_scale
+    self.quantiles = self.param(
+        "quantiles", lambda k, sh: jnp.tile(jnp.array([-s, 0.0, s]), (sh[0], 1)), (c, 3))
+
+  def medians(self):
+    """(C,) learned medians; no gradient (only the aux loss trains quantiles)."""
+    return jax.lax.stop_gradient(self.quantiles[:, 1])
+
+  def quantize(self, y, mode: str):
+    """'dequantize': round(y - median) + median; 'symbols': int32 round(y - median)."""
+    m = self.medians()
+    if mode == "dequantize":
+      return jnp.round(y - m) + m
+    if mode == "symbols":
+      return jnp.round(y - m).astype(jnp.int32)
+    raise ValueError(f"unknown mode {mode!r}")
+
+  def likelihood(self, y_hat):
+    c = self.channels
+    v = y_hat.reshape(-1, c).T
+    lik = _factorized_likelihood(self.density, v, jnp)[0]
+    return lower_bound(lik.T.reshape(y_hat.shape), self.likelihood_bound)
+
+  def __call__(self, y, train: bool):
+    """y (..., C) -> (y_hat, likelihoods). Uniform noise (rng 'noise') when training."""
+    if train:
+      y_hat = y + jax.random.uniform(self.make_rng("noise"), y.shape, y.dtype, -0.5, 0.5)
+    else:
+      y_hat = self.quantize(y, "dequantize")
+    return y_hat, self.likelihood(y_hat)
+
+  def aux_loss(self):
+    """Σ |logits(quantiles) - target|: drives the quantiles to the model's quantiles."""
+    t = math.log(2.0 / self.tail_mass - 1.0)
+    density = jax.lax.stop_gradient(self.density)
+    logits = _logits_cumulative(density, self.quantiles, jnp)
+    return jnp.sum(jnp.abs(logits - jnp.array([-t, 0.0, t])))
+
+  @nn.nowrap
+  def build_indexes(self, shape):
+    """CDF row of every element of a (..., C) tensor: its channel."""
+    return jnp.broadcast_to(jnp.arange(shape[-1], dtype=jnp.int32), shape)
+
+  @nn.nowrap
+  def solve_quantiles(self, params, iters: int = 100):
+    """Params with `quantiles` set to the exact quantiles by bisection (host, float64).
+
+    The CDF is monotone, so this replaces thousands of aux-loss steps (e.g. before
+    `update` on a checkpoint whose quantiles were not trained to convergence).
+    """
+    p = _host_params(params)
+    t = math.log(2.0 / self.tail_mass - 1.0)
+    target = np.broadcast_to(np.array([-t, 0.0, t]), p["quantiles"].shape)
+    lo, hi = np.full(target.shape, -1.0), np.full(target.shape, 1.0)
+    f = lambda x: _logits_cumulative(p, x, np)
+    while np.any(f(lo) > target):
+      lo = np.where(f(lo) > target, 2 * lo, lo)
+    while np.any(f(hi) < target):
+      hi = np.where(f(hi) < target, 2 * hi, hi)
+    for _ in range(iters):
+      mid = 0.5 * (lo + hi)
+      below = f(mid) < target
+      lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    out = dict(params.get("params", params))
+    out["quantiles"] = jnp.asarray(0.5 * (lo + hi), jnp.float32)
+    return {"params": out} if "params" in params else out
+
+  @nn.nowrap
+  def update(self, params, precision: int = 16) -> CdfTables:
+    """Integer CDF tables, one row per channel (host-side float64; deterministic).
+
+    Support of channel c: integers k in [ceil(q0 - m), floor(q2 - m)] (k = 0
+    included), value m + k, plus an escape bin holding the mass outside.
+    """
+    p = _host_params(params)
+    q = p["quantiles"]
+    med = q[:, 1]
+    lo = np.minimum(np.ceil(q[:, 0] - med), 0).astype(np.int64)
+    hi = np.maximum(np.floor(q[:, 2] - med), 0).astype(np.int64)
+    rows = []
+    for c in range(q.shape[0]):
+      pc = {k: v[c:c + 1] for k, v in p.items() if k != "quantiles"}
+      v = med[c] + np.arange(lo[c], hi[c] + 1, dtype=np.float64)[None]
+      pmf, lower, upper = _factorized_likelihood(pc, v, np)
+      tail = special.expit(lower[0, 0]) + special.expit(-upper[0, -1])
+      rows.append(pmf_to_quantized_cdf(np.append(pmf[0], tail), precision))
+    return _pack(rows, lo)
+
+
+# ---------------------------------------------------------- Gaussian conditional
+
+
+def scale_table(min: float = 0.11, max: float = 256.0, levels: int = 64) -> np.ndarray:
+  """Log-spaced scales, as float32 values: the model (float32 jax) and the tables
+  (float64 numpy) then see the very same numbers."""
+  return np.exp(np.linspace(math.log(min), math.log(max), levels)).astype(np.float32)
+
+
+def _std_cdf(x):
+  return 0.5 * jax.lax.erfc(-x * (2 ** -0.5))
+
+
+class GaussianConditional(nn.Module):
+  """Discretised N(μ, σ²): P(y) = Φ((y+½-μ)/σ) - Φ((y-½-μ)/σ), σ >= scale_bound.
+
+  No params. `table` (scale table) defaults to `scale_table()`.
+  """
+
+  table: tuple[float, ...] | None = None
+  scale_bound: float = 0.11
+  tail_mass: float = 1e-9
+  likelihood_bound: float = LIKELIHOOD_BOUND
+
+  @nn.nowrap
+  def scales(self) -> np.ndarray:
+    return scale_table() if self.table is None else np.asarray(self.table, np.float32)
+
+  @nn.nowrap
+  def quantize(self, y, mode: str, means=None, key=None):
+    """'noise' (needs key), 'ste' (round, identity gradient), 'dequantize'
+    (round(y - μ) + μ) or 'symbols' (int32 round(y - μ))."""
+    if mode == "noise":
+      return y + jax.random.uniform(key, y.shape, y.dtype, -0.5, 0.5)
+    m = 0.0 if means is None else means
+    if mode == "ste":
+      return y + jax.lax.stop_gradient(jnp.round(y - m) + m - y)
+    if mode == "dequantize":
+      return jnp.round(y - m) + m
+    if mode == "symbols":
+      return jnp.round(y - m).astype(jnp.int32)
+    raise ValueError(f"unknown mode {mode!r}")
+
+  @nn.nowrap
+  def likelihood(self, y_hat, scales, means=None):
+    v = y_hat if means is None else y_hat - means
+    s = lower_bound(scales, self.scale_bound)
+    v = jnp.abs(v)  # symmetric: evaluate in the lower tail, where Φ is accurate
+    lik = _std_cdf((0.5 - v) / s) - _std_cdf((-0.5 - v) / s)
+    return lower_bound(lik, self.likelihood_bound)
+
+  def __call__(self, y, scales, means=None, train: bool = False):
+    """(y_hat, likelihoods); uniform noise from rng 'noise' when training."""
+    if train:
+      y_hat = self.quantize(y, "noise", key=self.make_rng("noise"))
+    else:
+      y_hat = self.quantize(y, "dequantize", means)
+    return y_hat, self.likelihood(y_hat, scales, means)
+
+  @nn.nowrap
+  def build_indexes(self, scales):
+    """int32 row per scale: (number of table entries <= scale) - 1, clipped to the
+    table. Exact ties go to the entry itself; see the module docstring on why only
+    these integers, never float scales, may reach the coder."""
+    t = jnp.asarray(self.scales())
+    idx = jnp.searchsorted(t, jnp.asarray(scales, jnp.float32), side="right") - 1
+    return jnp.clip(idx, 0, t.size - 1).astype(jnp.int32)
+
+  @nn.nowrap
+  def update(self, precision: int = 16) -> CdfTables:
+    """Integer CDF tables, one row per table scale: zero-mean discretised Gaussian on
+    [-tail, tail], tail = ceil(σ Φ^-1(1 - tail_mass/2)), plus an escape bin."""
+    s = self.scales().astype(np.float64)
+    mult = -special.ndtri(self.tail_mass / 2)
+    tails = np.ceil(s * mult).astype(np.int64)
+    rows = []
+    for sc, t in zip(s, tails):
+      k = np.abs(np.arange(-t, t + 1, dtype=np.float64))
+      pmf = special.ndtr((0.5 - k) / sc) - special.ndtr((-0.5 - k) / sc)
+      rows.append(pmf_to_quantized_cdf(np.append(pmf, 2 * special.ndtr((-0.5 - t) / sc)),
+                                       precision))
+    return _pack(rows, -tails)

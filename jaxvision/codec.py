@@ -330,10 +330,10 @@ def read_jvc(path_or_bytes) -> tuple[JvcHeader, list[bytes]]:
       data = f.read()
   r = _Reader(memoryview(data).cast("B"))
 
-  if r.left() < len(MAGIC) and MAGIC.startswith(bytes(r.buf)):
-    raise JvcError(f"truncated: magic needs {len(MAGIC)} bytes, {r.left()} left")
-  if bytes(r.take(len(MAGIC), "magic")) != MAGIC:
+  head = bytes(r.buf[:len(MAGIC)])
+  if not MAGIC.startswith(head):
     raise JvcError("not a .jvc file (bad magic)")
+  r.take(len(MAGIC), "magic")  # a proper prefix of the magic reads as truncated
   (version,) = r.unpack("<B", "format version")
   if version not in SUPPORTED_VERSIONS:
     raise JvcError(f"format version {version} is not supported (this jaxvision reads "

@@ -237,6 +237,9 @@ def test_jvc_roundtrip_path_and_bytes_written(tmp_path):
   assert n == os.path.getsize(p)
   assert codec.read_jvc(p) == SMALL
   assert codec.read_jvc(str(p)) == SMALL
+  with open(p, "rb") as f:
+    assert codec.read_jvc(f) == SMALL
+  assert codec.read_jvc(memoryview(p.read_bytes())) == SMALL
   assert os.listdir(tmp_path) == ["img.jvc"]
 
 
@@ -258,8 +261,11 @@ def test_jvc_every_bit_flip_raises():
 
 def test_jvc_messages():
   data = small_file()
-  with pytest.raises(JvcError, match=r"^not a \.jvc file \(bad magic\)$"):
-    codec.read_jvc(b"PNG\x00" + data[4:])
+  for bad in (b"PNG\x00" + data[4:], b"X", b"\x89PNG"):
+    with pytest.raises(JvcError, match=r"^not a \.jvc file \(bad magic\)$"):
+      codec.read_jvc(bad)
+  with pytest.raises(JvcError, match=r"^truncated: magic needs 4 bytes, 3 left$"):
+    codec.read_jvc(b"JVC")
   with pytest.raises(JvcError, match=r"format version 7 is not supported \(this jaxvision "
                      r"reads version 1\)"):
     codec.read_jvc(data[:4] + b"\x07" + data[5:])

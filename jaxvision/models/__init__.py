@@ -44,3 +44,4 @@ def create(name: str, **kwargs) -> nn.Module:
 
 # Families register themselves on import.
 from jaxvision.models import can  # noqa: E402,F401
+from jaxvision.models import compression  # noqa: E402,F401

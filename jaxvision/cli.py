@@ -1,6 +1,8 @@
 """The `jaxvision` command line. Each family adds its subcommands to COMMANDS.
 
   jaxvision enhance --checkpoint WORKDIR --input IN --output OUT.png
+  jaxvision compress --checkpoint WORKDIR IN OUT.jvc
+  jaxvision decompress --checkpoint WORKDIR IN.jvc OUT.png
   jaxvision models            (list registered models)
   jaxvision operators         (list image operators)
 """
@@ -75,6 +77,93 @@ def enhance(args) -> None:
         f"(checkpoint step {step}), {time.time() - t:.2f}s")
 
 
+# ---------------------------------------------------------------- compress / decompress
+def _codec_from_checkpoint(workdir):
+  from jaxvision import checkpoint as jv_ckpt
+  from jaxvision import models
+  from jaxvision.models import compression as C
+  try:
+    config, variables, step = jv_ckpt.load_variables(workdir)
+  except jv_ckpt.CheckpointError as e:
+    raise CliError(str(e)) from None
+  if config.get("task") != "compression":
+    raise CliError(f"{workdir}: a {config.get('task')!r} model, not a codec")
+  model = models.create(config.model.name, **config.model.kwargs)
+  # Integer CDF tables from the parameters: float64 host arithmetic, deterministic.
+  return config, model, variables, C.update(model, variables)
+
+
+def compress(args) -> None:
+  import numpy as np
+  from PIL import Image
+  from jaxvision import codec, data
+  from jaxvision.models import compression as C
+
+  config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
+  try:
+    image = data.load_image_file(args.input)
+  except (data.DataError, OSError) as e:
+    raise CliError(str(e)) from None
+  with Image.open(args.input) as im:  # grey stays grey on decoding; alpha is dropped
+    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+  h, w = image.shape[:2]
+  x = image[None].astype(np.float32) / 255.0
+  strings, shapes = C.compress(model, variables, tables, x)
+  header = codec.JvcHeader(model=config.model.name, quality=int(config.model.kwargs.quality),
+                           height=h, width=w, channels=channels,
+                           latent_shapes=[tuple(int(d) for d in s) for s in shapes])
+  n = codec.write_jvc(args.output, header, strings)
+  est = C.estimate_bits(model, variables, x)["total"]
+  print(f"{args.input} -> {args.output}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "
+        f"the model estimated {est / 8:.0f} bytes ({est / (h * w):.4f} bpp; latents of "
+        f"the image padded to a multiple of {C.STRIDE})")
+
+
+def decompress(args) -> None:
+  import numpy as np
+  from jaxvision import codec
+  from jaxvision.models import compression as C
+
+  if not args.output.lower().endswith(".png"):
+    raise CliError(f"{args.output}: output must be a .png file")
+  try:
+    header, strings = codec.read_jvc(args.input)
+  except codec.JvcError as e:
+    raise CliError(f"{args.input}: {e}") from None
+  except OSError as e:
+    raise CliError(f"{args.input}: {e.strerror or e}") from None
+  config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
+  if (header.model, header.quality) != (config.model.name, int(config.model.kwargs.quality)):
+    raise CliError(f"{args.input} was written by {header.model} quality {header.quality}; "
+                   f"{args.checkpoint} holds {config.model.name} quality "
+                   f"{config.model.kwargs.quality}")
+  try:
+    x = C.decompress(model, variables, tables, strings, header.latent_shapes,
+                     header.height, header.width)
+  except ValueError as e:
+    raise CliError(f"{args.input}: {str(e).splitlines()[0]}") from None
+  y = (x[0] * 255.0 + 0.5).astype(np.uint8)
+  if header.channels == 1:
+    y = y.mean(axis=-1).round().astype(np.uint8)
+  _atomic_save_png(y, args.output)
+  print(f"{args.input} -> {args.output}: {header.width}x{header.height}")
+
+
+def _add_codec(sub):
+  p = sub.add_parser("compress", help="compress an image into a .jvc file with a trained codec")
+  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
+                 help="workdir of a configs/compress.py run")
+  p.add_argument("input", metavar="IN")
+  p.add_argument("output", metavar="OUT.jvc")
+  p.set_defaults(func=compress)
+  p = sub.add_parser("decompress", help="decode a .jvc file into a PNG")
+  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
+                 help="the codec that wrote the file (its workdir)")
+  p.add_argument("input", metavar="IN.jvc")
+  p.add_argument("output", metavar="OUT.png")
+  p.set_defaults(func=decompress)
+
+
 def list_models(args) -> None:
   from jaxvision import models
   print("\n".join(models.list_models()))
@@ -101,7 +190,7 @@ def _add_enhance(sub):
   p.set_defaults(func=enhance)
 
 
-COMMANDS = [_add_enhance,
+COMMANDS = [_add_enhance, _add_codec,
             lambda sub: sub.add_parser("models", help="list registered models").set_defaults(func=list_models),
             lambda sub: sub.add_parser("operators", help="list image operators").set_defaults(func=list_operators)]
 

@@ -10,7 +10,6 @@ Layout of a workdir written by `python -m train`:
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Callable
 
@@ -18,8 +17,6 @@ import jax
 import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
-
-log = logging.getLogger("jaxvision")
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"

@@ -58,8 +58,9 @@ def enhance(args) -> None:
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
       alpha = np.asarray(im.convert("RGBA"))[..., 3]
 
-  radius = getattr(model, "depth", None)
-  radius = models.can.receptive_radius(model.depth) if radius else args.radius
+  if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
+    raise CliError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
+  radius = model.receptive_radius()
   fn = jax.jit(lambda x: model.apply(variables, x, train=False))
   x = image.astype(np.float32) / 255.0
   t = time.time()
@@ -186,7 +187,6 @@ def _add_enhance(sub):
                  help="output pixels per tile side (default: from --max-pixels)")
   p.add_argument("--max-pixels", type=float, default=4e6,
                  help="largest window the network sees at once (default 4e6); bounds memory")
-  p.add_argument("--radius", type=int, default=160, help=argparse.SUPPRESS)
   p.set_defaults(func=enhance)
 
 

@@ -59,8 +59,9 @@ def _apply(model, variables, x, train):
   return model.apply(variables, x, train=train), {}
 
 
-def i2i_loss(model, variables, batch, rng, train, *, kind="mse"):
+def i2i_loss(model, variables, batch, rng, train, config=None):
   del rng
+  kind = config.get("loss", "mse") if config is not None else "mse"
   pred, new_state = _apply(model, variables, batch["input"], train)
   loss = pixel_loss(kind, pred, batch["target"])
   return loss, ({"mse": jnp.mean((pred - batch["target"]) ** 2)}, new_state)
@@ -117,11 +118,7 @@ def i2i_make_data(config):
   return loader, eval_batches
 
 
-def _i2i_loss_from_config(model, variables, batch, rng, train, config=None):
-  return i2i_loss(model, variables, batch, rng, train, kind=config.get("loss", "mse"))
-
-
-register("image_to_image", Task(make_data=i2i_make_data, loss=_i2i_loss_from_config,
+register("image_to_image", Task(make_data=i2i_make_data, loss=i2i_loss,
                                 evaluate=i2i_evaluate, samples=i2i_samples))
 
 

@@ -322,7 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.update(1)
         if step % config.log_every == 0 or step == total:
           check_finite(state, step)
-          means = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
+          fetched = jax.device_get(pending)  # one transfer per log, not per value
+          means = {k: float(np.mean([x[k] for x in fetched])) for k in fetched[0]}
           pending = []
           now = time.time()
           rate = (step - step_last) / max(now - t_last, 1e-9)

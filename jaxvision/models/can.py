@@ -70,6 +70,9 @@ class CAN(nn.Module):
       raise ValueError(f"CAN depth must be >= 3, got {self.depth}")
     return [2 ** s for s in range(self.depth - 2)] + [1]
 
+  def receptive_radius(self) -> int:
+    return receptive_radius(self.depth)
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     """x: (N, H, W, C) float in [0, 1]; train=True uses and updates batch statistics."""

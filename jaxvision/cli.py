@@ -3,12 +3,17 @@
   jaxvision enhance --checkpoint WORKDIR --input IN --output OUT.png
   jaxvision compress --checkpoint WORKDIR IN OUT.jvc
   jaxvision decompress --checkpoint WORKDIR IN.jvc OUT.png
+  jaxvision convert --model NAME IN.pth OUT_WORKDIR   (other frameworks' weights)
   jaxvision models            (list registered models)
   jaxvision operators         (list image operators)
+
+Families with their own commands (detect-faces, stylize, upscale, ...) define
+`add_commands(subparsers)` in their module, listed in FAMILY_MODULES.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -190,7 +195,61 @@ def _add_enhance(sub):
   p.set_defaults(func=enhance)
 
 
-COMMANDS = [_add_enhance, _add_codec,
+# ---------------------------------------------------------------- convert
+def convert(args) -> None:
+  from jaxvision import weights
+  kwargs = {}
+  for part in (args.kwargs or "").split(","):
+    if part.strip():
+      if "=" not in part:
+        raise CliError(f"--kwargs {part!r}: expected key=value")
+      k, v = part.split("=", 1)
+      kwargs[k.strip()] = _literal(v.strip())
+  try:
+    variables = weights.convert(args.model, args.input, **kwargs)
+    conv = weights._CONVERTERS[args.model]
+    weights.save_workdir(args.output, variables, task=conv.task, model_name=args.model,
+                         model_kwargs=kwargs, source=os.path.abspath(args.input))
+  except (weights.WeightsError, ValueError, TypeError) as e:
+    raise CliError(str(e).splitlines()[0]) from None
+  n = weights.param_count(variables["params"])
+  print(f"{args.input} -> {args.output}: {args.model}, {n:,} parameters "
+        f"(use it as --checkpoint {args.output})")
+
+
+def _literal(v: str):
+  import ast
+  try:
+    return ast.literal_eval(v)
+  except (ValueError, SyntaxError):
+    return v
+
+
+def _add_convert(sub):
+  p = sub.add_parser("convert", help="convert a PyTorch/Keras/safetensors weights file into a "
+                     "jaxvision workdir", description="Reads the file safely (torch "
+                     "weights_only=True, safetensors, h5py, numpy without pickle) and writes a "
+                     "workdir that --checkpoint options accept.")
+  p.add_argument("--model", required=True, help="registered model name (see `jaxvision models`)")
+  p.add_argument("--kwargs", default="", help="model arguments, e.g. num_classes=1000,scale=4")
+  p.add_argument("input", metavar="IN", help=".pth/.pt, .safetensors, .npz or .h5 file")
+  p.add_argument("output", metavar="OUT_WORKDIR")
+  p.set_defaults(func=convert)
+
+
+# Modules that add their family's subcommands (each defines add_commands(subparsers)).
+FAMILY_MODULES = ("jaxvision.classify", "jaxvision.faces", "jaxvision.style",
+                  "jaxvision.superres")
+
+
+def _add_family_commands(sub):
+  for name in FAMILY_MODULES:
+    add = getattr(importlib.import_module(name), "add_commands", None)
+    if add is not None:
+      add(sub)
+
+
+COMMANDS = [_add_enhance, _add_codec, _add_convert, _add_family_commands,
             lambda sub: sub.add_parser("models", help="list registered models").set_defaults(func=list_models),
             lambda sub: sub.add_parser("operators", help="list image operators").set_defaults(func=list_operators)]
 

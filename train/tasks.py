@@ -168,3 +168,8 @@ def rd_samples(batch, outputs) -> dict[str, np.ndarray]:
 
 register("compression", Task(make_data=i2i_make_data, loss=rd_loss,
                              evaluate=rd_evaluate, samples=rd_samples))
+
+
+# ---------------------------------------------------------------- other families
+# Each family registers its tasks from its own module (they import Task/register above).
+from train import task_classify, task_faces, task_style, task_superres  # noqa: E402,F401

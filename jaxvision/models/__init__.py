@@ -45,3 +45,8 @@ def create(name: str, **kwargs) -> nn.Module:
 # Families register themselves on import.
 from jaxvision.models import can  # noqa: E402,F401
 from jaxvision.models import compression  # noqa: E402,F401
+from jaxvision.models import mtcnn  # noqa: E402,F401
+from jaxvision.models import resnet  # noqa: E402,F401
+from jaxvision.models import stylenets  # noqa: E402,F401
+from jaxvision.models import superres  # noqa: E402,F401
+from jaxvision.models import vgg  # noqa: E402,F401

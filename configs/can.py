@@ -19,10 +19,6 @@ Presets
         crops, 200k steps (2,500 MIT-Adobe 5K images for 180 epochs in the paper; set
         data.dataset to your TFDS dataset or `folder:/path`). The paper reports
         ~30-40 dB PSNR depending on the operator.
-  paper the paper's recipe for a GPU: CAN32, Adam 1e-4, batch 1, whole 480p-ish images
-        as 512x512 crops, 180 "epochs" worth of steps (2,500 MIT-Adobe 5K images in the
-        paper; here set data.dataset to your own TFDS dataset or `folder:/path`). The
-        paper reports ~30-40 dB PSNR depending on the operator.
 
 Every key can be overridden: --config.total_steps=1000 --config.data.dataset=folder:/my/photos
 """

@@ -2,9 +2,12 @@ r"""Learned image compression: λ·255²·MSE + bpp (Ballé et al. 2017/2018, Mi
 
   python -m train --config configs/compress.py:model=bmshj2018-hyperprior,quality=3 --workdir runs/hyper_q3
   python -m train --config configs/compress.py:model=mbt2018-mean,quality=5,preset=paper --workdir runs/mbt_q5
+  python -m train --config configs/compress.py:model=mbt2018,quality=3,distortion=ms-ssim --workdir runs/ctx_msssim
 
-Models: bmshj2018-factorized, bmshj2018-hyperprior, mbt2018-mean (quality 1-8 picks
-(N, M) and λ of the CompressAI zoo). Data: the embedded photos by default; any
+Models: bmshj2018-factorized, bmshj2018-hyperprior, mbt2018-mean, mbt2018 (quality 1-8
+picks (N, M) and λ of the CompressAI zoo). distortion=mse (default): loss
+λ·255²·MSE + bpp; distortion=ms-ssim: λ·(1 - MS-SSIM) + bpp with the zoo's MS-SSIM λ
+(2.40 ... 220); MS-SSIM needs crops > 160 pixels, so the crops become at least 192. Data: the embedded photos by default; any
 TFDS image dataset or `folder:/path` through --config.data.dataset.
 
 Presets
@@ -23,28 +26,34 @@ import ml_collections
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483,
            7: 0.0932, 8: 0.1800}
+MS_SSIM_LAMBDAS = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37,
+                   8: 220.00}
 
 
 def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collections.ConfigDict:
-  opts = {"model": "bmshj2018-hyperprior", "quality": "3", "preset": "cpu"}
+  opts = {"model": "bmshj2018-hyperprior", "quality": "3", "preset": "cpu",
+          "distortion": "mse"}
   for part in (p for p in (arg or "").split(",") if p):
     if "=" not in part:
       raise ValueError(f"config argument {part!r}: expected key=value")
     k, v = part.split("=", 1)
     if k.strip() not in opts:
-      raise ValueError(f"unknown config argument {k!r}; use model=, quality=, preset=")
+      raise ValueError(f"unknown config argument {k!r}; use model=, quality=, preset=, "
+                       "distortion=")
     opts[k.strip()] = v.strip()
   q = int(opts["quality"])
   if q not in LAMBDAS:
     raise ValueError(f"quality must be 1..8, got {q}")
+  if opts["distortion"] not in ("mse", "ms-ssim"):
+    raise ValueError(f"distortion must be mse or ms-ssim, got {opts['distortion']!r}")
 
   c = ml_collections.ConfigDict()
   c.task = "compression"
   # N, M = 0: the zoo's channel counts for this quality.
   c.model = ml_collections.ConfigDict(
       {"name": opts["model"], "kwargs": {"quality": q, "N": 0, "M": 0}})
-  c.lmbda = LAMBDAS[q]
-  c.distortion = "mse"          # or "ms-ssim" (then use the MS-SSIM λ of the zoo)
+  c.distortion = opts["distortion"]
+  c.lmbda = (LAMBDAS if c.distortion == "mse" else MS_SSIM_LAMBDAS)[q]
   c.data = ml_collections.ConfigDict(dict(
       dataset="photos", data_dir="", train_split="train", eval_split="test",
       operator="", operator_params={}, max_side=0, crop_size=128, eval_crop=256,
@@ -69,4 +78,6 @@ def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collecti
     c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
   elif opts["preset"] != "cpu":
     raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
+  if c.distortion == "ms-ssim":  # 5 MS-SSIM scales of an 11-tap window need > 160 px
+    c.data.crop_size = max(c.data.crop_size, 192)
   return c

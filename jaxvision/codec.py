@@ -44,7 +44,7 @@ import numpy as np
 
 import constriction
 
-__all__ = ["encode", "decode", "JvcHeader", "JvcError", "write_jvc",
+__all__ = ["encode", "decode", "encode_sequence", "SequenceDecoder", "JvcHeader", "JvcError", "write_jvc",
            "read_jvc", "CDF_PRECISION", "JVC_VERSION"]
 
 CDF_PRECISION = 16
@@ -97,12 +97,7 @@ def _group(indexes, n_tables):
   return order, counts
 
 
-def encode(symbols, indexes, cdfs, cdf_lengths, offsets) -> bytes:
-  """Entropy-codes int32 ``symbols``; ``indexes`` (same shape) picks each one's table.
-
-  Returns the ANS stream as little-endian 32-bit words. Decoding needs the same
-  ``indexes`` and tables (the shape is not stored).
-  """
+def _check_symbols(symbols, indexes):
   symbols = np.asarray(symbols)
   indexes = np.asarray(indexes)
   if symbols.shape != indexes.shape:
@@ -111,7 +106,26 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets) -> bytes:
     raise ValueError(f"symbols must be integers, got {symbols.dtype}")
   if symbols.size and (symbols.min() < -2**31 or symbols.max() > 2**31 - 1):
     raise ValueError("symbols must fit in int32")
-  cdfs, lengths, offsets = _check_tables(cdfs, cdf_lengths, offsets)
+  return symbols, indexes
+
+
+class _Models:
+  """constriction models of checked tables, built once per row on first use."""
+
+  def __init__(self, cdfs, cdf_lengths, offsets):
+    self.cdfs, self.lengths, self.offsets = _check_tables(cdfs, cdf_lengths, offsets)
+    self._cache = {}
+
+  def __call__(self, t):
+    m = self._cache.get(t)
+    if m is None:
+      m = self._cache[t] = _model(self.cdfs[t], self.lengths[t])
+    return m
+
+
+def _push(coder, symbols, indexes, models: _Models) -> None:
+  """Pushes one chunk so that `_pop` with the same indexes reads it back first."""
+  lengths, offsets = models.lengths, models.offsets
   idx = indexes.ravel().astype(np.int64)
   order, counts = _group(idx, len(lengths))
   tab = idx[order]
@@ -133,38 +147,25 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets) -> bytes:
 
   # ANS is a stack: push in reverse of the decode order
   # (tables 0..n-1, then group counts, then nibbles).
-  coder = constriction.stream.stack.AnsCoder()
   if nibbles.size:
     coder.encode_reverse(nibbles, _NIBBLE)
     coder.encode_reverse((n_groups - 1).astype(np.int32), _NIBBLE)
   ends = np.cumsum(counts)
   for t in np.flatnonzero(counts)[::-1]:
-    coder.encode_reverse(sym[ends[t] - counts[t]:ends[t]], _model(cdfs[t], lengths[t]))
-  return coder.get_compressed().astype("<u4").tobytes()
+    coder.encode_reverse(sym[ends[t] - counts[t]:ends[t]], models(t))
 
 
-def decode(data: bytes, indexes, cdfs, cdf_lengths, offsets) -> np.ndarray:
-  """Inverse of ``encode``: int32 array of ``indexes.shape``.
-
-  Raises ValueError on inconsistent tables or a stream that does not decode
-  cleanly. ANS has no integrity check of its own: corruption is only caught
-  when it leaves words over or yields a value outside int32 (the .jvc CRC is
-  the real guard).
-  """
-  indexes = np.asarray(indexes)
-  cdfs, lengths, offsets = _check_tables(cdfs, cdf_lengths, offsets)
-  if len(data) % 4:
-    raise ValueError(f"compressed length {len(data)} is not a multiple of 4 bytes")
+def _pop(coder, indexes, models: _Models) -> np.ndarray:
+  """Reads one chunk pushed by `_push`; ValueError on a stream that cannot hold it."""
+  lengths, offsets = models.lengths, models.offsets
   idx = indexes.ravel().astype(np.int64)
   order, counts = _group(idx, len(lengths))
   tab = idx[order]
-  words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
   try:
-    coder = constriction.stream.stack.AnsCoder(words)
     sym = np.empty(idx.size, np.int64)
     ends = np.cumsum(counts)
     for t in np.flatnonzero(counts):
-      sym[ends[t] - counts[t]:ends[t]] = coder.decode(_model(cdfs[t], lengths[t]), int(counts[t]))
+      sym[ends[t] - counts[t]:ends[t]] = coder.decode(models(t), int(counts[t]))
     esc_sym = lengths[tab] - 2
     escaped = sym == esc_sym
     n_esc = int(escaped.sum())
@@ -180,13 +181,10 @@ def decode(data: bytes, indexes, cdfs, cdf_lengths, offsets) -> np.ndarray:
       r = np.zeros(n_esc, np.int64)
       np.add.at(r, np.repeat(np.arange(n_esc), n_groups), nib << (4 * pos))
       d[escaped] = np.where(r & 1, -((r + 1) // 2), r // 2 + esc_sym[escaped])
-    leftover = not coder.is_empty()
   except ValueError:
     raise
   except Exception as e:  # constriction raises assorted types on bad streams
     raise ValueError(f"corrupt entropy-coded stream: {e}") from None
-  if leftover:
-    raise ValueError("corrupt entropy-coded stream: data left after the last symbol")
   v = d + offsets[tab]
   if v.size and (v.min() < -2**31 or v.max() > 2**31 - 1):
     raise ValueError("corrupt entropy-coded stream: decoded value outside int32")
@@ -195,13 +193,82 @@ def decode(data: bytes, indexes, cdfs, cdf_lengths, offsets) -> np.ndarray:
   return out.reshape(indexes.shape)
 
 
+def _words(data: bytes) -> np.ndarray:
+  if len(data) % 4:
+    raise ValueError(f"compressed length {len(data)} is not a multiple of 4 bytes")
+  return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+def encode(symbols, indexes, cdfs, cdf_lengths, offsets) -> bytes:
+  """Entropy-codes int32 ``symbols``; ``indexes`` (same shape) picks each one's table.
+
+  Returns the ANS stream as little-endian 32-bit words. Decoding needs the same
+  ``indexes`` and tables (the shape is not stored).
+  """
+  symbols, indexes = _check_symbols(symbols, indexes)
+  coder = constriction.stream.stack.AnsCoder()
+  _push(coder, symbols, indexes, _Models(cdfs, cdf_lengths, offsets))
+  return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode(data: bytes, indexes, cdfs, cdf_lengths, offsets) -> np.ndarray:
+  """Inverse of ``encode``: int32 array of ``indexes.shape``.
+
+  Raises ValueError on inconsistent tables or a stream that does not decode
+  cleanly. ANS has no integrity check of its own: corruption is only caught
+  when it leaves words over or yields a value outside int32 (the .jvc CRC is
+  the real guard).
+  """
+  indexes = np.asarray(indexes)
+  models = _Models(cdfs, cdf_lengths, offsets)
+  dec = SequenceDecoder(data, models)
+  out = dec.next(indexes)
+  dec.finish()
+  return out
+
+
+def encode_sequence(chunks, cdfs, cdf_lengths, offsets) -> bytes:
+  """One ANS stream of several (symbols, indexes) chunks, each coded as by ``encode``.
+
+  For autoregressive models: the decoder needs chunk k's values before it can
+  compute chunk k+1's indexes, so it reads chunks one at a time with
+  `SequenceDecoder`. ``encode_sequence([(s, i)], ...)`` equals ``encode(s, i, ...)``.
+  """
+  models = _Models(cdfs, cdf_lengths, offsets)
+  chunks = [_check_symbols(s, i) for s, i in chunks]
+  coder = constriction.stream.stack.AnsCoder()
+  for s, i in reversed(chunks):  # a stack: the first chunk is pushed last
+    _push(coder, s, i, models)
+  return coder.get_compressed().astype("<u4").tobytes()
+
+
+class SequenceDecoder:
+  """Reads the chunks of `encode_sequence` in order: ``next(indexes)`` per chunk,
+  then ``finish()``, which raises ValueError when words are left over."""
+
+  def __init__(self, data: bytes, cdfs, cdf_lengths=None, offsets=None):
+    self.models = cdfs if isinstance(cdfs, _Models) else _Models(cdfs, cdf_lengths, offsets)
+    words = _words(data)
+    try:
+      self.coder = constriction.stream.stack.AnsCoder(words)
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f"corrupt entropy-coded stream: {e}") from None
+
+  def next(self, indexes) -> np.ndarray:
+    return _pop(self.coder, np.asarray(indexes), self.models)
+
+  def finish(self) -> None:
+    if not self.coder.is_empty():
+      raise ValueError("corrupt entropy-coded stream: data left after the last symbol")
+
+
 # --------------------------------------------------------------------------
 # .jvc container
 # --------------------------------------------------------------------------
 
 MAGIC = b"JVC\x00"
-JVC_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+JVC_VERSION = 2  # 2 adds the CDF-table fingerprint; files without one are written as 1
+SUPPORTED_VERSIONS = (1, 2)
 MAX_SIDE = 1 << 16
 MAX_LATENT_DIM = 1 << 20
 MAX_NDIM = 8
@@ -219,6 +286,8 @@ class JvcHeader:
   width: int
   channels: int
   latent_shapes: list[tuple[int, ...]] = field(default_factory=list)
+  # CRC32 of the CDF tables that coded the strings (version 2); None: version 1 file.
+  tables_crc: int | None = None
 
 
 def _check_header(h: JvcHeader):
@@ -234,6 +303,9 @@ def _check_header(h: JvcHeader):
                             ("channels", h.channels, 1, 255)):
     if not isinstance(val, (int, np.integer)) or not lo <= val <= hi:
       raise JvcError(f"{name} must be an integer in [{lo}, {hi}], got {val!r}")
+  if h.tables_crc is not None and not (
+      isinstance(h.tables_crc, (int, np.integer)) and 0 <= h.tables_crc <= 0xFFFFFFFF):
+    raise JvcError(f"tables_crc must be a u32 or None, got {h.tables_crc!r}")
   if len(h.latent_shapes) > 255:
     raise JvcError(f"at most 255 latent tensors, got {len(h.latent_shapes)}")
   for i, shape in enumerate(h.latent_shapes):
@@ -252,9 +324,13 @@ def _serialize(header: JvcHeader, strings) -> bytes:
   if any(len(s) > 0xFFFFFFFF for s in strings):
     raise JvcError("a string is longer than 2^32 - 1 bytes")
   name = header.model.encode("ascii")
-  parts = [MAGIC, struct.pack("<BB", JVC_VERSION, len(name)), name,
-           struct.pack("<BIIBB", header.quality, header.height, header.width,
-                       header.channels, len(header.latent_shapes))]
+  version = 1 if header.tables_crc is None else 2
+  parts = [MAGIC, struct.pack("<BB", version, len(name)), name,
+           struct.pack("<BIIB", header.quality, header.height, header.width,
+                       header.channels)]
+  if version == 2:
+    parts.append(struct.pack("<I", header.tables_crc))
+  parts.append(struct.pack("<B", len(header.latent_shapes)))
   for shape in header.latent_shapes:
     parts.append(struct.pack(f"<B{len(shape)}I", len(shape), *shape))
   parts.append(struct.pack(f"<B{len(strings)}I", len(strings), *map(len, strings)))
@@ -342,7 +418,9 @@ def read_jvc(path_or_bytes) -> tuple[JvcHeader, list[bytes]]:
   name = bytes(r.take(name_len, "model name"))
   if not name or not all(0x20 <= c <= 0x7E for c in name):
     raise JvcError(f"bad model name {name!r}: must be 1-255 printable ASCII characters")
-  quality, height, width, channels, n_lat = r.unpack("<BIIBB", "header")
+  quality, height, width, channels = r.unpack("<BIIB", "header")
+  tables_crc = r.unpack("<I", "tables CRC")[0] if version >= 2 else None
+  (n_lat,) = r.unpack("<B", "latent count")
   for what, val, lo, hi in (("height", height, 1, MAX_SIDE), ("width", width, 1, MAX_SIDE),
                             ("channels", channels, 1, 255)):
     if not lo <= val <= hi:
@@ -374,4 +452,5 @@ def read_jvc(path_or_bytes) -> tuple[JvcHeader, list[bytes]]:
   for n in lens:
     strings.append(bytes(r.buf[p:p + n]))
     p += n
-  return JvcHeader(name.decode("ascii"), quality, height, width, channels, shapes), strings
+  return (JvcHeader(name.decode("ascii"), quality, height, width, channels, shapes, tables_crc),
+          strings)

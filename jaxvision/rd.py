@@ -382,9 +382,62 @@ def _bd_entry(anchor: Sequence, test: Sequence) -> dict:
     return {"bd_rate_percent": None, "bd_psnr_db": None, "error": str(e)}
 
 
+def neural_rd_point(model, variables, tables, image_uint8, *, model_name: str,
+                    quality: int) -> dict:
+  """Code one image into real .jvc bytes with a learned codec, decode it, measure.
+
+  Same keys as :func:`pillow_rd_point`; bpp counts the whole file (header and CRC
+  included), the decoded image is rounded to uint8 as `jaxvision decompress` writes it.
+  """
+  from jaxvision import codec
+  from jaxvision.models import compression as C
+  image = _check_image(image_uint8)
+  h, w = image.shape[:2]
+  x = image[None].astype(np.float32) / 255.0
+  t0 = time.perf_counter()
+  strings, shapes = C.compress(model, variables, tables, x)
+  buf = io.BytesIO()
+  codec.write_jvc(buf, codec.JvcHeader(model_name, int(quality), h, w, 3,
+                                       [tuple(int(d) for d in s) for s in shapes],
+                                       C.tables_crc(tables)), strings)
+  data = buf.getvalue()
+  t1 = time.perf_counter()
+  header, strings = codec.read_jvc(data)
+  x_hat = C.decompress(model, variables, tables, strings, header.latent_shapes, h, w)
+  t2 = time.perf_counter()
+  decoded = (x_hat[0] * 255.0 + 0.5).astype(np.uint8)
+  psnr, msssim = _metrics(image, decoded)
+  return {"codec": model_name, "quality": quality, "bpp": 8.0 * len(data) / (h * w),
+          "psnr": psnr, "ms_ssim": msssim, "bytes": len(data), "encode_s": t1 - t0,
+          "decode_s": t2 - t1}
+
+
+def neural_rd_curves(images, codecs: Sequence) -> dict:
+  """``codecs``: [(label, model, variables, tables, model_name, quality)]; one RD point
+  per entry. Returns {label: {"points": [averaged per quality, by bpp], "per_image":
+  {image: [points]}}}; entries sharing a label form one curve."""
+  named = _named(images)
+  out: dict = {}
+  for label, model, variables, tables, model_name, quality in codecs:
+    pts = {name: neural_rd_point(model, variables, tables, img, model_name=model_name,
+                                 quality=quality) for name, img in named}
+    avg = {k: float(np.mean([p[k] for p in pts.values()])) for k in _AVG_KEYS}
+    cur = out.setdefault(label, {"points": [], "per_image": {n: [] for n, _ in named}})
+    cur["points"].append({"codec": model_name, "quality": quality, **avg,
+                          "num_images": len(named)})
+    for n, p in pts.items():
+      cur["per_image"][n].append(p)
+  for cur in out.values():
+    order = np.argsort([p["bpp"] for p in cur["points"]], kind="stable")
+    cur["points"] = [cur["points"][i] for i in order]
+    cur["per_image"] = {n: [v[i] for i in order] for n, v in cur["per_image"].items()}
+  return out
+
+
 def evaluate(images, codecs: Sequence[str] = CODECS, out_dir: str = ".",
              qualities: Mapping[str, Sequence] | None = None,
-             extra: Mapping[str, Sequence] | None = None, title: str | None = None) -> dict:
+             extra: Mapping[str, Sequence] | None = None, title: str | None = None,
+             extra_per_image: Mapping[str, Mapping] | None = None) -> dict:
   """Pillow RD sweeps + BD-rates; writes ``out_dir/rd.json`` and ``out_dir/rd.png``.
 
   ``images``: list of (name, uint8 HxWx3). ``qualities``: codec -> sweep
@@ -435,6 +488,7 @@ def evaluate(images, codecs: Sequence[str] = CODECS, out_dir: str = ".",
                         "BD-rates against them are only indicative on other images"),
     "curves": {c: {"points": r["points"], "per_image": r["per_image"]} for c, r in curves.items()},
     "extra": {k: tested[k] for k in (extra or {})},
+    "extra_per_image": dict(extra_per_image or {}),
     "bd": bd,
   }
   os.makedirs(out_dir, exist_ok=True)

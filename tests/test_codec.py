@@ -267,7 +267,7 @@ def test_jvc_messages():
   with pytest.raises(JvcError, match=r"^truncated: magic needs 4 bytes, 3 left$"):
     codec.read_jvc(b"JVC")
   with pytest.raises(JvcError, match=r"format version 7 is not supported \(this jaxvision "
-                     r"reads version 1\)"):
+                     r"reads version 1, 2\)"):
     codec.read_jvc(data[:4] + b"\x07" + data[5:])
   bad_crc = data[:-1] + bytes([data[-1] ^ 1])
   with pytest.raises(JvcError, match="CRC mismatch: file is corrupted"):
@@ -285,6 +285,8 @@ def test_jvc_random_bytes_raise_jvc_error(data):
     codec.read_jvc(data)
   with pytest.raises(JvcError):
     codec.read_jvc(codec.MAGIC + b"\x01" + data)
+  with pytest.raises(JvcError):
+    codec.read_jvc(codec.MAGIC + b"\x02" + data)
 
 
 def test_jvc_huge_claimed_length_fails_fast():
@@ -328,3 +330,36 @@ def test_jvc_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
     codec.write_jvc(p, header(quality=9), [b"new"])
   assert os.listdir(tmp_path) == ["img.jvc"]
   assert p.read_bytes() == before
+
+
+def test_jvc_version2_tables_crc_roundtrip_and_v1_still_read():
+  h = JvcHeader("m", 3, 5, 7, 3, [(1, 2, 3, 4)], tables_crc=0xDEADBEEF)
+  buf = io.BytesIO()
+  codec.write_jvc(buf, h, [b"abcd"])
+  data = buf.getvalue()
+  assert data[4] == 2
+  h2, s2 = codec.read_jvc(data)
+  assert h2 == h and s2 == [b"abcd"]
+  # Without a fingerprint the writer keeps the version-1 layout (4 bytes shorter).
+  h.tables_crc = None
+  buf = io.BytesIO()
+  codec.write_jvc(buf, h, [b"abcd"])
+  assert buf.getvalue()[4] == 1 and len(buf.getvalue()) == len(data) - 4
+  assert codec.read_jvc(buf.getvalue())[0].tables_crc is None
+
+
+def test_encode_sequence_chunks_decode_in_order():
+  rng = np.random.default_rng(3)
+  tables = make_tables(rng, 4)
+  chunks = [(rng.integers(-30, 40, n).astype(np.int32), rng.integers(0, 4, n).astype(np.int32))
+            for n in (5, 0, 17, 3)]
+  data = codec.encode_sequence(chunks, *tables)
+  assert codec.encode_sequence(chunks[:1], *tables) == codec.encode(*chunks[0], *tables)
+  dec = codec.SequenceDecoder(data, *tables)
+  for s, i in chunks:
+    np.testing.assert_array_equal(dec.next(i), s)
+  dec.finish()
+  dec = codec.SequenceDecoder(data, *tables)
+  dec.next(chunks[0][1])
+  with pytest.raises(ValueError, match="left after"):
+    dec.finish()

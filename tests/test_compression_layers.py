@@ -202,8 +202,12 @@ TABLE = scale_table()
 _build_indexes = jax.jit(GaussianConditional().build_indexes)
 
 
+MIDS = np.sqrt(TABLE[:-1].astype(np.float64) * TABLE[1:]).astype(np.float32)
+
+
 def _ref_index(s):
-  return np.clip(np.sum(TABLE[None, :] <= s[:, None], axis=1) - 1, 0, TABLE.size - 1)
+  """Nearest table entry in log scale: the number of geometric midpoints <= s."""
+  return np.sum(MIDS[None, :] <= s[:, None], axis=1)
 
 
 def test_scale_table():
@@ -218,16 +222,22 @@ def test_scale_table():
 def test_build_indexes(i, log_scales):
   gc = GaussianConditional()
   t = TABLE[i]
-  at = np.array([t, np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(np.inf))],
+  assert np.asarray(_build_indexes(np.array([t], np.float32)))[0] == i  # on an entry
+  m = MIDS[min(i, MIDS.size - 1)]
+  at = np.array([m, np.nextafter(m, np.float32(0)), np.nextafter(m, np.float32(np.inf))],
                 np.float32)
   idx = np.asarray(_build_indexes(at))
   assert idx.dtype == np.int32
-  assert idx[0] == i and idx[1] == max(i - 1, 0) and idx[2] == i
+  j = min(i, MIDS.size - 1)
+  assert idx[0] == j + 1 and idx[1] == j and idx[2] == j + 1  # ties go up
   s = np.sort(np.exp(np.array(log_scales)).astype(np.float32))
   got = np.asarray(_build_indexes(s))
   np.testing.assert_array_equal(got, _ref_index(s))
   assert np.all(np.diff(got) >= 0)  # monotone in the scale
-  assert np.all(TABLE[got] <= np.maximum(s, TABLE[0]))
+  # nearest entry in log scale (within the table's range)
+  inside = (s >= TABLE[0]) & (s <= TABLE[-1])
+  d = np.abs(np.log(TABLE[None, :].astype(np.float64)) - np.log(s[:, None]))
+  assert np.all(d[np.arange(s.size), got][inside] <= d[inside].min(axis=1) + 1e-6)
 
 
 # ---------------------------------------------------------------------- CDF tables

@@ -794,18 +794,22 @@ class _RandomCropFlip(grain.transforms.RandomMap):
   """record -> pair_fn (full size) -> same random crop / horizontal flip of every image array ->
   float32 in [0,1].  The rng comes from grain (keyed by seed and the record's global position)."""
 
-  def __init__(self, crop_size: int, flips: bool, pair_fn):
+  def __init__(self, crop_size: int, flips: bool, pair_fn, post_fn=None):
     self.crop_size = crop_size
     self.flips = flips
     self.pair_fn = pair_fn
+    self.post_fn = post_fn
 
   def random_map(self, element, rng: np.random.Generator):
     what = f"record {element.get('index')} ({element.get('name')})"
-    return _crop_pair(_pair_arrays(element, self.pair_fn), what, self.crop_size, rng=rng,
-                      flips=self.flips)
+    out = _crop_pair(_pair_arrays(element, self.pair_fn), what, self.crop_size, rng=rng,
+                     flips=self.flips)
+    return self.post_fn(out) if self.post_fn is not None else out
 
   def __repr__(self):
-    return f"_RandomCropFlip(crop_size={self.crop_size}, flips={self.flips}, pair_fn={self.pair_fn!r})"
+    post = f", post_fn={self.post_fn!r}" if self.post_fn is not None else ""
+    return (f"_RandomCropFlip(crop_size={self.crop_size}, flips={self.flips}, "
+            f"pair_fn={self.pair_fn!r}{post})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -856,7 +860,8 @@ def _ensure_absl_flags_parsed():
 
 def make_train_loader(source, *, batch_size: int, crop_size: int, seed: int, pair_fn=None,
                       flips: bool = True, worker_count: int = 2, shard_index: int | None = None,
-                      shard_count: int | None = None, num_epochs: int | None = None) -> TrainLoader:
+                      shard_count: int | None = None, num_epochs: int | None = None,
+                      post_fn=None) -> TrainLoader:
   """Infinite (num_epochs=None), per-epoch shuffled, deterministic loader of random crops.
 
   batch_size is per host.  Every host (shard_index / shard_count, default jax.process_index() /
@@ -865,6 +870,8 @@ def make_train_loader(source, *, batch_size: int, crop_size: int, seed: int, pai
   crop_size^2 window and (flips) one random horizontal flip, applied identically to every array
   with ndim >= 2 -> float32 ([0,1] for uint8).  Images smaller than the crop are reflect-padded.
   The same seed gives the same batches in the same order for any worker_count.
+  post_fn(cropped float32 dict) -> dict runs last, in the workers (e.g. super-resolution makes
+  the low-resolution input of each high-resolution crop there); it must be deterministic.
   """
   for nm, v in (("batch_size", batch_size), ("crop_size", crop_size)):
     if not isinstance(v, (int, np.integer)) or v <= 0:
@@ -892,7 +899,7 @@ def make_train_loader(source, *, batch_size: int, crop_size: int, seed: int, pai
       batch_size=int(batch_size),
       data_source=source,
       sampler=sampler,
-      operations=[_RandomCropFlip(int(crop_size), bool(flips), pair_fn)],
+      operations=[_RandomCropFlip(int(crop_size), bool(flips), pair_fn, post_fn)],
       worker_count=int(worker_count),
       worker_buffer_size=per_process,
       shard_options=shard,
@@ -919,10 +926,11 @@ def checkpoint_restore_arg(iterator):
 # --------------------------------------------------------------------------------------------
 
 def make_eval_batches(source, *, crop_size: int | None, pair_fn=None, max_images: int | None = None,
-                      batch_size: int = 1) -> list[dict[str, np.ndarray]]:
+                      batch_size: int = 1, post_fn=None) -> list[dict[str, np.ndarray]]:
   """The first max_images records (all when None), in order, as float32 batches shaped like the
   train batches: centre crop_size^2 crops (reflect-padded when smaller), or the full images when
-  crop_size is None (then batch_size must be 1).  The last batch may be smaller (no data dropped)."""
+  crop_size is None (then batch_size must be 1).  The last batch may be smaller (no data dropped).
+  post_fn(cropped float32 dict) -> dict as in make_train_loader."""
   if crop_size is None and batch_size != 1:
     raise ValueError("full-image evaluation (crop_size=None) needs batch_size=1 (sizes differ)")
   if batch_size < 1:
@@ -932,7 +940,8 @@ def make_eval_batches(source, *, crop_size: int | None, pair_fn=None, max_images
   for i in range(n):
     rec = source[i]
     what = f"{source!r}[{i}]"
-    pending.append(_crop_pair(_pair_arrays(rec, pair_fn), what, crop_size))
+    item = _crop_pair(_pair_arrays(rec, pair_fn), what, crop_size)
+    pending.append(post_fn(item) if post_fn is not None else item)
     if len(pending) == batch_size:
       batches.append(_stack(pending))
       pending = []

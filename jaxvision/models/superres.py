@@ -1,1 +1,410 @@
-"""(being written)"""
+"""Single-image super-resolution networks: ESPCN, EDSR, WDSR-A/B, RCAN, Johnson et al.
+
+Every model maps a low-resolution RGB batch (N, h, w, 3) in [0, 1] to (N, s*h, s*w, 3)
+for its `scale` s, any h and w (odd sizes included):
+
+  espcn          Shi et al. 2016: conv5-64 tanh, conv3-32 tanh, conv3 -> 3*s^2, pixel shuffle
+  edsr_baseline  Lim et al. 2017: 16 residual blocks of 64 channels, residual scale 1
+  edsr           32 residual blocks of 256 channels, residual scale 0.1
+  wdsr_a, wdsr_b Yu et al. 2018: wide activation before the ReLU (x4 / x6 with a linear
+                 low-rank 1x1 in B), weight normalisation, a 5x5 global skip branch
+  rcan           Zhang et al. 2018: residual groups of residual channel-attention blocks
+                 (channel attention = `jaxvision.layers.SqueezeExcite`)
+  johnson_sr     Johnson et al. 2016 perceptual SR (x4, x8): conv9-64, 4 residual blocks
+                 with batch norm, log2(s) stride-1/2 convolutions, conv9-3, scaled tanh
+
+EDSR, WDSR and RCAN follow the EDSR-PyTorch code they were released in: pixel values
+on a 0..`rgb_range` (255) scale, the DIV2K RGB mean subtracted at the input and added
+back at the output (`MeanShift`), and PyTorch's `PixelShuffle` channel order, so
+converted PyTorch weights (jaxvision.superres.convert_edsr) give the same numbers.
+Parameter names follow the PyTorch keys with "." -> "_" (`head_0`, `body_3`, `tail_0_2`).
+
+`receptive_radius()` is the context, in low-resolution pixels, that one output pixel
+sees (conservative); `local` says whether the network is a local operator at inference
+(RCAN is not: channel attention pools the whole image), which makes tiled inference
+exact (jaxvision.superres.upscale).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision import layers, weights
+from jaxvision.models import register
+
+# DIV2K training-set RGB mean on [0, 1] (EDSR-PyTorch `rgb_mean`).
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+SCALES = (2, 3, 4)
+
+
+def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
+  """Depth to space in PyTorch PixelShuffle order, NHWC.
+
+  out[n, h*r + i, w*r + j, c] = x[n, h, w, c*r*r + i*r + j], so a PyTorch sub-pixel
+  convolution's kernel works here after the usual (O,I,kh,kw) -> (kh,kw,I,O) transpose.
+  """
+  n, h, w, cr2 = x.shape
+  if cr2 % (r * r):
+    raise ValueError(f"pixel_shuffle: {cr2} channels are not divisible by {r}^2")
+  c = cr2 // (r * r)
+  x = x.reshape(n, h, w, c, r, r)
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, c
+  return x.reshape(n, h * r, w * r, c)
+
+
+def _check_scale(name: str, scale, allowed=SCALES) -> int:
+  if scale not in allowed:
+    raise ValueError(f"{name}: scale must be one of {', '.join(map(str, allowed))}, got {scale!r}")
+  return int(scale)
+
+
+def _dtype(d):
+  return jnp.dtype(d) if isinstance(d, str) else d
+
+
+def _conv(features, k, dtype, name, **kw):
+  return nn.Conv(features, (k, k), padding="SAME", dtype=dtype, name=name,
+                 conv_general_dilated=layers.conv_general_dilated, **kw)
+
+
+def _mean(rgb_range: float) -> jnp.ndarray:
+  return jnp.asarray(DIV2K_RGB_MEAN, jnp.float32) * rgb_range
+
+
+def _upsampler_convs(scale: int) -> list[int]:
+  """EDSR's Upsampler: one conv + shuffle(3) for x3, log2(s) conv + shuffle(2) otherwise."""
+  if scale == 3:
+    return [3]
+  if scale & (scale - 1) == 0:
+    return [2] * int(math.log2(scale))
+  raise ValueError(f"upsampler: scale {scale} is neither 3 nor a power of 2")
+
+
+class Upsampler(nn.Module):
+  """Sequential [conv F->r^2 F, PixelShuffle(r)]*: PyTorch indices 0, 2, 4... are the convs."""
+
+  features: int
+  scale: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i, r in enumerate(_upsampler_convs(self.scale)):
+      x = _conv(self.features * r * r, 3, self.dtype, f"{2 * i}")(x)
+      x = pixel_shuffle(x, r)
+    return x
+
+
+def bicubic_upscale(x: jnp.ndarray, scale: int) -> jnp.ndarray:
+  """MATLAB-style bicubic x`scale` upscaling of NHWC `x` (symmetric borders), as two
+  matrix products with the index/weight tables of jaxvision.superres.contributions
+  (built at trace time for the static input size). Local: 2 pixels of context."""
+  from jaxvision.superres import contributions
+
+  def matrix(n):
+    w, idx = contributions(n, n * scale, float(scale))
+    m = np.zeros((n * scale, n), np.float64)
+    np.add.at(m, (np.repeat(np.arange(n * scale), w.shape[1]), idx.ravel()), w.ravel())
+    return jnp.asarray(m, jnp.float32)
+
+  x = x.astype(jnp.float32)
+  y = jnp.einsum("oh,nhwc->nowc", matrix(x.shape[1]), x, precision="highest")
+  return jnp.einsum("pw,nowc->nopc", matrix(x.shape[2]), y, precision="highest")
+
+
+# ---------------------------------------------------------------- ESPCN
+class ESPCN(nn.Module):
+  """`residual=True` (not in the paper) adds the bicubic upscale of the input and starts
+  the last layer at zero, so the untrained network is bicubic: short CPU runs then beat
+  the bicubic baseline within tens of steps."""
+
+  scale: int = 2
+  features: tuple[int, int] = (64, 32)
+  residual: bool = False
+  dtype: Any = jnp.float32
+  local = True
+
+  def receptive_radius(self) -> int:
+    return 2 + 1 + 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    h = x.astype(self.dtype)
+    h = jnp.tanh(_conv(self.features[0], 5, self.dtype, "conv1")(h))
+    h = jnp.tanh(_conv(self.features[1], 3, self.dtype, "conv2")(h))
+    init = nn.initializers.zeros if self.residual else nn.initializers.lecun_normal()
+    h = _conv(3 * self.scale ** 2, 3, self.dtype, "conv3", kernel_init=init)(h)
+    y = pixel_shuffle(h, self.scale).astype(jnp.float32)
+    return y + bicubic_upscale(x, self.scale) if self.residual else y
+
+
+# ---------------------------------------------------------------- EDSR
+class ResBlock(nn.Module):
+  """conv-ReLU-conv, scaled, plus the input (no batch norm: EDSR's point)."""
+
+  features: int
+  res_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0")(x))
+    h = _conv(self.features, 3, self.dtype, "body_2")(h)
+    return x + h * self.res_scale
+
+
+class EDSR(nn.Module):
+  scale: int = 2
+  n_resblocks: int = 16
+  n_feats: int = 64
+  res_scale: float = 1.0
+  rgb_range: float = 255.0
+  dtype: Any = jnp.float32
+  local = True
+
+  def receptive_radius(self) -> int:
+    return 1 + 2 * self.n_resblocks + 1 + len(_upsampler_convs(self.scale)) + 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    mean = _mean(self.rgb_range)
+    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
+    h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
+    res = h
+    for i in range(self.n_resblocks):
+      res = ResBlock(self.n_feats, self.res_scale, self.dtype, name=f"body_{i}")(res)
+    res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resblocks}")(res)
+    h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
+    h = _conv(3, 3, self.dtype, "tail_1")(h)
+    return (h.astype(jnp.float32) + mean) / self.rgb_range
+
+
+# ---------------------------------------------------------------- WDSR
+class WNConv(nn.Module):
+  """Weight-normalised conv (Salimans & Kingma 2016): w = g * v / ||v||, per output channel.
+
+  g starts at ||v|| so the initial kernel is v (PyTorch's weight_norm does the same)."""
+
+  features: int
+  kernel: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+    v = self.param("v", nn.initializers.lecun_normal(), shape, jnp.float32)
+    norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=(0, 1, 2)))
+    g = self.param("g", lambda _: norm(v))
+    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    w = v * (g / jnp.maximum(norm(v), 1e-12))
+    y = layers.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + b.astype(self.dtype)
+
+
+class WDSR(nn.Module):
+  """WDSR-A (`kind="a"`) or WDSR-B (`kind="b"`), as in JiahuiYu/wdsr_ntire2018."""
+
+  scale: int = 2
+  kind: str = "a"
+  n_resblocks: int = 16
+  n_feats: int = 32
+  expansion: int | None = None  # a: 4, b: 6
+  linear: float = 0.8           # b: low-rank 1x1 width as a fraction of n_feats
+  res_scale: float = 1.0
+  rgb_range: float = 255.0
+  dtype: Any = jnp.float32
+  local = True
+
+  def receptive_radius(self) -> int:
+    per_block = 2 if self.kind == "a" else 1
+    return max(1 + per_block * self.n_resblocks + 1, 2)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    s, f, dt = self.scale, self.n_feats, self.dtype
+    if self.kind not in ("a", "b"):
+      raise ValueError(f"wdsr kind must be 'a' or 'b', got {self.kind!r}")
+    expansion = self.expansion or (4 if self.kind == "a" else 6)
+    mean = _mean(self.rgb_range)
+    half = self.rgb_range / 2  # WDSR normalises to about [-1, 1]
+    h0 = ((x.astype(jnp.float32) * self.rgb_range - mean) / half).astype(dt)
+    h = WNConv(f, 3, dtype=dt, name="head")(h0)
+    for i in range(self.n_resblocks):
+      r = nn.relu(WNConv(f * expansion, 3 if self.kind == "a" else 1, dtype=dt,
+                         name=f"body_{i}_0")(h))
+      if self.kind == "b":
+        r = WNConv(int(f * self.linear), 1, dtype=dt, name=f"body_{i}_1")(r)
+      r = WNConv(f, 3, dtype=dt, name=f"body_{i}_2")(r)
+      h = h + r * self.res_scale
+    y = pixel_shuffle(WNConv(3 * s * s, 3, dtype=dt, name="tail")(h), s)
+    y = y + pixel_shuffle(WNConv(3 * s * s, 5, dtype=dt, name="skip")(h0), s)
+    return (y.astype(jnp.float32) * half + mean) / self.rgb_range
+
+
+# ---------------------------------------------------------------- RCAN
+class RCAB(nn.Module):
+  """Residual channel-attention block: conv-ReLU-conv-SE, plus the input."""
+
+  features: int
+  reduction: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0")(x))
+    h = _conv(self.features, 3, self.dtype, "body_2")(h)
+    h = layers.SqueezeExcite(self.reduction, dtype=self.dtype, name="ca")(h)
+    return x + h
+
+
+class ResidualGroup(nn.Module):
+  features: int
+  n_resblocks: int
+  reduction: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for i in range(self.n_resblocks):
+      h = RCAB(self.features, self.reduction, self.dtype, name=f"body_{i}")(h)
+    return x + _conv(self.features, 3, self.dtype, f"body_{self.n_resblocks}")(h)
+
+
+class RCAN(nn.Module):
+  scale: int = 2
+  n_resgroups: int = 10
+  n_resblocks: int = 20
+  n_feats: int = 64
+  reduction: int = 16
+  rgb_range: float = 255.0
+  dtype: Any = jnp.float32
+  local = False  # channel attention averages over the whole image
+
+  def receptive_radius(self) -> int:
+    return 1 + self.n_resgroups * (2 * self.n_resblocks + 1) + 1 + \
+        len(_upsampler_convs(self.scale)) + 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    mean = _mean(self.rgb_range)
+    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
+    h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
+    res = h
+    for g in range(self.n_resgroups):
+      res = ResidualGroup(self.n_feats, self.n_resblocks, self.reduction, self.dtype,
+                          name=f"body_{g}")(res)
+    res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resgroups}")(res)
+    h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
+    h = _conv(3, 3, self.dtype, "tail_1")(h)
+    return (h.astype(jnp.float32) + mean) / self.rgb_range
+
+
+# ---------------------------------------------------------------- Johnson et al.
+class JohnsonSR(nn.Module):
+  """Perceptual-loss SR network (Johnson, Alahi, Fei-Fei 2016, supplementary): batch norm,
+  ReLU, stride-1/2 (transposed) 3x3 convolutions, output (tanh + 1) / 2 in [0, 1]."""
+
+  scale: int = 4
+  features: int = 64
+  n_resblocks: int = 4
+  dtype: Any = jnp.float32
+  local = True  # batch norm uses running averages at inference
+
+  def receptive_radius(self) -> int:
+    return 4 + 2 * self.n_resblocks + int(math.log2(self.scale)) + 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    f, dt = self.features, self.dtype
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dt,
+                                   name=name)
+    h = x.astype(dt) * 2.0 - 1.0
+    h = nn.relu(bn("bn_in")(_conv(f, 9, dt, "conv_in")(h)))
+    for i in range(self.n_resblocks):
+      r = nn.relu(bn(f"res{i}_bn1")(_conv(f, 3, dt, f"res{i}_conv1")(h)))
+      h = h + bn(f"res{i}_bn2")(_conv(f, 3, dt, f"res{i}_conv2")(r))
+    for i in range(int(math.log2(self.scale))):
+      h = nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME", dtype=dt,
+                           name=f"up{i}")(h)
+      h = nn.relu(bn(f"up{i}_bn")(h))
+    h = _conv(3, 9, dt, "conv_out")(h)
+    return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0
+
+
+# ---------------------------------------------------------------- registry
+def _kw(kwargs):
+  kw = dict(kwargs)
+  if "dtype" in kw:
+    kw["dtype"] = _dtype(kw["dtype"])
+  return kw
+
+
+@register("espcn")
+def espcn(scale: int = 2, **kwargs) -> ESPCN:
+  kw = _kw(kwargs)
+  if "features" in kw:
+    kw["features"] = tuple(kw["features"])
+  return ESPCN(scale=_check_scale("espcn", scale), **kw)
+
+
+@register("edsr_baseline")
+def edsr_baseline(scale: int = 2, **kwargs) -> EDSR:
+  kw = {"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0, **_kw(kwargs)}
+  return EDSR(scale=_check_scale("edsr_baseline", scale), **kw)
+
+
+@register("edsr")
+def edsr(scale: int = 2, **kwargs) -> EDSR:
+  kw = {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1, **_kw(kwargs)}
+  return EDSR(scale=_check_scale("edsr", scale), **kw)
+
+
+@register("wdsr_a")
+def wdsr_a(scale: int = 2, **kwargs) -> WDSR:
+  kw = {"n_resblocks": 16, "n_feats": 32, **_kw(kwargs)}
+  return WDSR(scale=_check_scale("wdsr_a", scale), kind="a", **kw)
+
+
+@register("wdsr_b")
+def wdsr_b(scale: int = 2, **kwargs) -> WDSR:
+  kw = {"n_resblocks": 16, "n_feats": 32, **_kw(kwargs)}
+  return WDSR(scale=_check_scale("wdsr_b", scale), kind="b", **kw)
+
+
+@register("rcan")
+def rcan(scale: int = 2, **kwargs) -> RCAN:
+  return RCAN(scale=_check_scale("rcan", scale), **_kw(kwargs))
+
+
+@register("johnson_sr")
+def johnson_sr(scale: int = 4, **kwargs) -> JohnsonSR:
+  return JohnsonSR(scale=_check_scale("johnson_sr", scale, (4, 8)), **_kw(kwargs))
+
+
+SR_MODELS = ("espcn", "edsr_baseline", "edsr", "wdsr_a", "wdsr_b", "rcan", "johnson_sr")
+
+
+# EDSR-PyTorch weights (`jaxvision convert --model edsr --kwargs scale=4 EDSR_x4.pt OUT`);
+# the converter lives with the family's tools in jaxvision.superres.
+def _edsr_converter(name):
+  def fn(sd, **kwargs):
+    from jaxvision.superres import convert_edsr
+    return convert_edsr(sd, name, **kwargs)
+  return fn
+
+
+for _name in ("edsr", "edsr_baseline"):
+  weights.register_converter(_name, task="super_resolution",
+                             help="EDSR-PyTorch state dict; --kwargs scale=2|3|4")(
+                                 _edsr_converter(_name))

@@ -1,1 +1,571 @@
-"""(being written)"""
+"""Face-detection cascades: MTCNN (Zhang et al. 2016) and Cascade CNN (Li et al. 2015).
+
+Every network takes NHWC float32 images normalised as (x - 127.5) / 128 (MTCNN's
+convention, used for Cascade CNN too) and returns a dict of raw outputs:
+
+  mtcnn-pnet     any size >= 12 (fully convolutional, stride 2, 12x12 window)
+                 {"logits": (N, H', W', 2), "box": (N, H', W', 4)}
+  mtcnn-rnet     24x24 crops  {"logits": (N, 2), "box": (N, 4)}
+  mtcnn-onet     48x48 crops  {"logits": (N, 2), "box": (N, 4), "landmarks": (N, 10)}
+  cascade-12net  any size >= 12 (fully convolutional, stride 2) {"logits": (N, H', W', 2)}
+  cascade-24net  24x24 crops  {"logits": (N, 2)}
+  cascade-48net  48x48 crops  {"logits": (N, 2)}
+  cascade-{12,24,48}cal  12/24/48 crops  {"logits": (N, 45)} over `calibration_patterns()`
+
+Logits index 1 is "face" (softmax gives the probability). MTCNN's box output is the
+offset of (x1, y1, x2, y2) in units of the window's width/height; landmarks are
+(x1..x5, y1..y5) as fractions of the window (the original order). Cascade CNN's
+detection nets have no regression head (the calibration nets do that job), so they
+return only logits.
+
+MTCNN layout follows the released Caffe models as ported to Keras/PyTorch: VALID 3x3
+convolutions, per-channel PReLU, max pools with ceil rounding (= TF 'SAME' padding
+with -inf), and R-Net/O-Net flatten their last feature map after swapping H and W
+(Caffe's W-major blob order), so the released dense weights apply unchanged.
+
+Cascade CNN multi-resolution (Li et al. Fig. 2): the 24-net takes the 24x24 crop and
+computes its 12-net branch internally on a 2x2-average-pooled 12x12 copy; its
+classifier sees concat(fc128(24x24), fc16(12x12)). The 48-net likewise downsamples
+its 48x48 crop to 24x24 and runs a full 24-net feature branch on it (which in turn
+includes the 12 branch), classifying concat(fc256, fc128, fc16). Branch weights are
+the 48/24-net's own (trained jointly), not shared with the separately trained
+smaller nets. The 48-nets use local response normalisation as in the paper.
+
+Original weights: `load_mtcnn_weights()` reads them from the installed `mtcnn` or
+`facenet-pytorch` package (never committed here).
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision.models import register
+
+# ---------------------------------------------------------------- layers
+
+
+class PReLU(nn.Module):
+  """Per-channel PReLU (Caffe/Keras shared_axes=[1, 2]); slope initialised to 0.25."""
+
+  @nn.compact
+  def __call__(self, x):
+    alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],), jnp.float32)
+    return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
+
+
+def max_pool_ceil(x, k: int, s: int):
+  """Caffe's ceil-mode max pooling: out = ceil((n - k) / s) + 1, padding at the end."""
+  pads = []
+  for n in x.shape[1:3]:
+    out = -(-(n - k) // s) + 1
+    pads.append((0, max((out - 1) * s + k - n, 0)))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
+                               [(0, 0)] + pads + [(0, 0)])
+
+
+def max_pool_same(x, k: int, s: int):
+  """TF/Keras 'SAME' max pooling (what the `mtcnn` package's Keras graphs use)."""
+  return nn.max_pool(x, (k, k), (s, s), padding="SAME")
+
+
+def lrn(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+  """Caffe across-channel local response normalisation (alpha divided by size)."""
+  sq = jnp.square(x)
+  half = size // 2
+  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, half)])
+  c = x.shape[-1]
+  window = sum(padded[..., i:i + c] for i in range(size))
+  return x / jnp.power(k + alpha / size * window, beta)
+
+
+def _conv(features, k, name):
+  return nn.Conv(features, (k, k), padding="VALID", name=name)
+
+
+def _swap_hw_flatten(x):
+  """(N, H, W, C) -> (N, W*H*C) in Caffe's order: the released dense weights need it."""
+  return jnp.transpose(x, (0, 2, 1, 3)).reshape(x.shape[0], -1)
+
+
+# ---------------------------------------------------------------- MTCNN
+
+
+class PNet(nn.Module):
+  """MTCNN proposal net: conv3-10, PReLU, pool 2/2, conv3-16, conv3-32, 1x1 heads."""
+
+  width: float = 1.0  # channel multiplier (1.0 = the released net); tests use < 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, pool_mask=None):
+    """pool_mask (optional, (N, H-2, W-2) bool): conv1 cells outside it are left out of
+    the max pool, so several pyramid levels packed into one canvas pool exactly as
+    each alone (ceil-mode pooling at every level's edge); see jaxvision.faces."""
+    del train
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = PReLU(name="prelu1")(_conv(c(10), 3, "conv1")(x))
+    if pool_mask is not None:
+      x = jnp.where(pool_mask[..., None], x, -jnp.inf)
+    x = max_pool_same(x, 2, 2)
+    if pool_mask is not None:
+      x = jnp.where(jnp.isfinite(x), x, 0.0)
+    x = PReLU(name="prelu2")(_conv(c(16), 3, "conv2")(x))
+    x = PReLU(name="prelu3")(_conv(c(32), 3, "conv3")(x))
+    return {"logits": nn.Conv(2, (1, 1), name="face")(x),
+            "box": nn.Conv(4, (1, 1), name="box")(x)}
+
+
+class RNet(nn.Module):
+  """MTCNN refine net on 24x24 crops."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    if x.shape[1:3] != (24, 24):
+      raise ValueError(f"mtcnn-rnet takes 24x24 crops, got {x.shape[1:3]}")
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = PReLU(name="prelu1")(_conv(c(28), 3, "conv1")(x))
+    x = max_pool_same(x, 3, 2)
+    x = PReLU(name="prelu2")(_conv(c(48), 3, "conv2")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+    x = PReLU(name="prelu3")(_conv(c(64), 2, "conv3")(x))
+    x = PReLU(name="prelu4")(nn.Dense(c(128), name="fc4")(_swap_hw_flatten(x)))
+    return {"logits": nn.Dense(2, name="face")(x), "box": nn.Dense(4, name="box")(x)}
+
+
+class ONet(nn.Module):
+  """MTCNN output net on 48x48 crops, with five landmarks."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    if x.shape[1:3] != (48, 48):
+      raise ValueError(f"mtcnn-onet takes 48x48 crops, got {x.shape[1:3]}")
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = PReLU(name="prelu1")(_conv(c(32), 3, "conv1")(x))
+    x = max_pool_same(x, 3, 2)
+    x = PReLU(name="prelu2")(_conv(c(64), 3, "conv2")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+    x = PReLU(name="prelu3")(_conv(c(64), 3, "conv3")(x))
+    x = max_pool_same(x, 2, 2)
+    x = PReLU(name="prelu4")(_conv(c(128), 2, "conv4")(x))
+    x = PReLU(name="prelu5")(nn.Dense(c(256), name="fc5")(_swap_hw_flatten(x)))
+    return {"logits": nn.Dense(2, name="face")(x), "box": nn.Dense(4, name="box")(x),
+            "landmarks": nn.Dense(10, name="landmarks")(x)}
+
+
+@register("mtcnn-pnet")
+def mtcnn_pnet(**kw) -> nn.Module:
+  return PNet(**kw)
+
+
+@register("mtcnn-rnet")
+def mtcnn_rnet(**kw) -> nn.Module:
+  return RNet(**kw)
+
+
+@register("mtcnn-onet")
+def mtcnn_onet(**kw) -> nn.Module:
+  return ONet(**kw)
+
+
+# ---------------------------------------------------------------- Cascade CNN
+
+
+def _down2(x):
+  """2x2 average pooling: the half-resolution copy fed to the smaller branch."""
+  return nn.avg_pool(x, (2, 2), (2, 2), padding="VALID")
+
+
+class Features12(nn.Module):
+  """12-net trunk: conv3-16, max-pool 3/2, fc16 (a 5x5 conv, so it slides)."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, pool_mask=None):
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = nn.relu(_conv(c(16), 3, "conv1")(x))
+    if pool_mask is not None:  # as PNet: pyramid levels packed in one canvas
+      x = jnp.where(pool_mask[..., None], x, -jnp.inf)
+    x = max_pool_ceil(x, 3, 2)
+    if pool_mask is not None:
+      x = jnp.where(jnp.isfinite(x), x, 0.0)
+    return nn.relu(_conv(c(16), 5, "fc")(x))  # 12x12 -> 10 -> 5 -> 1
+
+
+class Features24(nn.Module):
+  """24-net trunk: conv5-64, max-pool 3/2, fc128."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = nn.relu(_conv(c(64), 5, "conv1")(x))
+    x = max_pool_ceil(x, 3, 2)  # 20 -> 10
+    return nn.relu(nn.Dense(c(128), name="fc")(x.reshape(x.shape[0], -1)))
+
+
+class Features48(nn.Module):
+  """48-net trunk: conv5-64, pool 3/2, LRN, conv5-64, LRN, pool 3/2, fc256."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    c = lambda n: max(1, int(round(n * self.width)))
+    x = nn.relu(_conv(c(64), 5, "conv1")(x))  # 44
+    x = lrn(max_pool_ceil(x, 3, 2))  # 22
+    x = nn.relu(_conv(c(64), 5, "conv2")(x))  # 18
+    x = max_pool_ceil(lrn(x), 3, 2)  # 9
+    return nn.relu(nn.Dense(c(256), name="fc")(x.reshape(x.shape[0], -1)))
+
+
+class Net12(nn.Module):
+  """Cascade CNN 12-net, fully convolutional: (N, H', W', 2) logits, stride 2."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, pool_mask=None):
+    del train
+    f = Features12(self.width, name="features")(x, pool_mask)
+    return {"logits": nn.Conv(2, (1, 1), name="face")(f)}
+
+
+class Net24(nn.Module):
+  """Cascade CNN 24-net with the 12-net branch on a downsampled copy."""
+
+  width: float = 1.0
+
+  def features(self, x):
+    f24 = Features24(self.width, name="features")(x)
+    f12 = Features12(self.width, name="branch12")(_down2(x))
+    return jnp.concatenate([f24, f12.reshape(f12.shape[0], -1)], axis=-1)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    if x.shape[1:3] != (24, 24):
+      raise ValueError(f"cascade-24net takes 24x24 crops, got {x.shape[1:3]}")
+    return {"logits": nn.Dense(2, name="face")(self.features(x))}
+
+
+class Net48(nn.Module):
+  """Cascade CNN 48-net with a 24-net branch (itself with its 12 branch)."""
+
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    if x.shape[1:3] != (48, 48):
+      raise ValueError(f"cascade-48net takes 48x48 crops, got {x.shape[1:3]}")
+    f48 = Features48(self.width, name="features")(x)
+    x24 = _down2(x)
+    f24 = Features24(self.width, name="branch24")(x24)
+    f12 = Features12(self.width, name="branch12")(_down2(x24))
+    f = jnp.concatenate([f48, f24, f12.reshape(f12.shape[0], -1)], axis=-1)
+    return {"logits": nn.Dense(2, name="face")(f)}
+
+
+class CalNet(nn.Module):
+  """Cascade CNN calibration net (12/24/48) over the 45 patterns."""
+
+  size: int = 12
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    s = self.size
+    if x.shape[1:3] != (s, s):
+      raise ValueError(f"cascade-{s}cal takes {s}x{s} crops, got {x.shape[1:3]}")
+    c = lambda n: max(1, int(round(n * self.width)))
+    if s == 12:
+      x = nn.relu(_conv(c(16), 3, "conv1")(x))
+      x = max_pool_ceil(x, 3, 2)
+      fc = 128
+    elif s == 24:
+      x = nn.relu(_conv(c(32), 5, "conv1")(x))
+      x = max_pool_ceil(x, 3, 2)
+      fc = 64
+    else:
+      x = nn.relu(_conv(c(64), 5, "conv1")(x))
+      x = lrn(max_pool_ceil(x, 3, 2))
+      x = lrn(nn.relu(_conv(c(64), 5, "conv2")(x)))
+      fc = 256
+    x = nn.relu(nn.Dense(c(fc), name="fc")(x.reshape(x.shape[0], -1)))
+    return {"logits": nn.Dense(45, name="pattern")(x)}
+
+
+@register("cascade-12net")
+def cascade_12net(**kw) -> nn.Module:
+  return Net12(**kw)
+
+
+@register("cascade-24net")
+def cascade_24net(**kw) -> nn.Module:
+  return Net24(**kw)
+
+
+@register("cascade-48net")
+def cascade_48net(**kw) -> nn.Module:
+  return Net48(**kw)
+
+
+@register("cascade-12cal")
+def cascade_12cal(**kw) -> nn.Module:
+  return CalNet(size=12, **kw)
+
+
+@register("cascade-24cal")
+def cascade_24cal(**kw) -> nn.Module:
+  return CalNet(size=24, **kw)
+
+
+@register("cascade-48cal")
+def cascade_48cal(**kw) -> nn.Module:
+  return CalNet(size=48, **kw)
+
+
+CAL_SCALES = (0.83, 0.91, 1.0, 1.10, 1.21)
+CAL_SHIFTS = (-0.17, 0.0, 0.17)
+
+
+def calibration_patterns() -> np.ndarray:
+  """(45, 3) float32 rows (s, x_shift, y_shift); index = (si * 3 + xi) * 3 + yi."""
+  s, xs, ys = np.meshgrid(CAL_SCALES, CAL_SHIFTS, CAL_SHIFTS, indexing="ij")
+  return np.stack([s.ravel(), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def calibration_label(s: float, xn: float, yn: float) -> int:
+  """Index of a pattern (for mining calibration samples)."""
+  return (CAL_SCALES.index(s) * 3 + CAL_SHIFTS.index(xn)) * 3 + CAL_SHIFTS.index(yn)
+
+
+def apply_calibration(boxes, probs, threshold: float = 0.1):
+  """Li et al. eq. 1: average the patterns whose confidence exceeds `threshold`.
+
+  boxes (..., 4) x1, y1, x2, y2; probs (..., 45) softmax outputs. A window that was
+  shifted by (xn*w, yn*h) and scaled by s relative to the face is mapped back:
+  (x - xn*w/s, y - yn*h/s, w/s, h/s). Boxes with no confident pattern stay as they are.
+  Works on numpy and jnp arrays (jit-friendly).
+  """
+  xp = jnp if isinstance(boxes, jax.Array) or isinstance(probs, jax.Array) else np
+  pat = xp.asarray(calibration_patterns())
+  m = (probs > threshold).astype(boxes.dtype)
+  n = m.sum(-1, keepdims=True)
+  mean = (m @ pat) / xp.maximum(n, 1.0)
+  has = n > 0
+  s = xp.where(has, mean[..., 0:1], 1.0)
+  xn = xp.where(has, mean[..., 1:2], 0.0)
+  yn = xp.where(has, mean[..., 2:3], 0.0)
+  x1, y1, x2, y2 = (boxes[..., i:i + 1] for i in range(4))
+  w, h = x2 - x1, y2 - y1
+  nx1 = x1 - xn * w / s
+  ny1 = y1 - yn * h / s
+  return xp.concatenate([nx1, ny1, nx1 + w / s, ny1 + h / s], axis=-1)
+
+
+# ---------------------------------------------------------------- original MTCNN weights
+
+
+class MTCNNWeightsError(ValueError):
+  """The original MTCNN weights cannot be found or read (one line)."""
+
+
+_INSTALL_HINT = ("the original MTCNN weights ship in the `mtcnn` package: pip install mtcnn "
+                 "(or jaxvision[mtcnn]); facenet-pytorch's copies work too")
+_NETS = ("pnet", "rnet", "onet")
+
+
+def _package_dir(name: str) -> str | None:
+  """The installed package's folder, found without importing it (`mtcnn` imports TF)."""
+  try:
+    spec = importlib.util.find_spec(name)
+  except (ImportError, ValueError):
+    return None
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
+def _read_lz4_joblib(path: str) -> list[np.ndarray]:
+  """The `mtcnn` package's assets: an lz4 frame holding a joblib pickle of arrays.
+
+  Only ever called on the files inside the installed package (unpickling is not safe
+  on user-named files, which go through jaxvision.weights instead).
+  """
+  import joblib
+  import lz4.frame
+  with open(path, "rb") as f:
+    buf = lz4.frame.decompress(f.read())
+  arrays = joblib.load(io.BytesIO(buf))
+  if not isinstance(arrays, (list, tuple)) or not all(isinstance(a, np.ndarray) for a in arrays):
+    raise MTCNNWeightsError(f"{path}: not a list of arrays")
+  return [np.asarray(a, np.float32) for a in arrays]
+
+
+def _conv_p(k, b):
+  return {"kernel": np.asarray(k, np.float32), "bias": np.asarray(b, np.float32)}
+
+
+def _from_keras(net: str, w: list[np.ndarray]) -> dict:
+  """Keras weight list (set_weights order) -> flax params. Box head precedes face head."""
+  w = [np.asarray(a, np.float32) for a in w]
+  p: dict[str, Any] = {}
+  n_conv = {"pnet": 3, "rnet": 3, "onet": 4}[net]
+  i = 0
+  for j in range(1, n_conv + 1):
+    p[f"conv{j}"] = _conv_p(w[i], w[i + 1])
+    p[f"prelu{j}"] = {"alpha": w[i + 2].reshape(-1)}
+    i += 3
+  if net != "pnet":
+    fc = {"rnet": "fc4", "onet": "fc5"}[net]
+    p[fc] = _conv_p(w[i], w[i + 1])
+    p[f"prelu{n_conv + 1}"] = {"alpha": w[i + 2].reshape(-1)}
+    i += 3
+  heads = ["box", "landmarks", "face"] if net == "onet" else ["box", "face"]
+  for h in heads:
+    p[h] = _conv_p(w[i], w[i + 1])
+    i += 2
+  if i != len(w):
+    raise MTCNNWeightsError(f"{net}: {len(w)} Keras arrays, expected {i}")
+  return {"params": p}
+
+
+def _from_torch(net: str, sd: dict[str, np.ndarray]) -> dict:
+  """facenet-pytorch state dict -> flax params (OIHW -> HWIO, (out, in) -> (in, out))."""
+  from jaxvision.weights import check_all_used, take
+  used: set[str] = set()
+
+  def t(key):
+    used.add(key)
+    return np.asarray(take(sd, key), np.float32)
+
+  p: dict[str, Any] = {}
+  n_conv = {"pnet": 3, "rnet": 3, "onet": 4}[net]
+  for j in range(1, n_conv + 1):
+    p[f"conv{j}"] = _conv_p(t(f"conv{j}.weight").transpose(2, 3, 1, 0), t(f"conv{j}.bias"))
+    p[f"prelu{j}"] = {"alpha": t(f"prelu{j}.weight").reshape(-1)}
+  if net == "pnet":
+    heads = {"face": "conv4_1", "box": "conv4_2"}
+    for h, k in heads.items():
+      p[h] = _conv_p(t(f"{k}.weight").transpose(2, 3, 1, 0), t(f"{k}.bias"))
+  else:
+    d = {"rnet": 4, "onet": 5}[net]
+    p[f"fc{d}"] = _conv_p(t(f"dense{d}.weight").T, t(f"dense{d}.bias"))
+    p[f"prelu{d}"] = {"alpha": t(f"prelu{d}.weight").reshape(-1)}
+    heads = {"face": f"dense{d + 1}_1", "box": f"dense{d + 1}_2"}
+    if net == "onet":
+      heads["landmarks"] = f"dense{d + 1}_3"
+    for h, k in heads.items():
+      p[h] = _conv_p(t(f"{k}.weight").T, t(f"{k}.bias"))
+  check_all_used(sd, used)
+  return {"params": p}
+
+
+def convert_keras(net: str, arrays: list[np.ndarray]) -> dict:
+  """Public: the `mtcnn` package's Keras weight list for `net` -> flax variables."""
+  return _from_keras(net, arrays)
+
+
+def convert_torch(net: str, state_dict: dict) -> dict:
+  """Public: a facenet-pytorch state dict for `net` -> flax variables."""
+  return _from_torch(net, state_dict)
+
+
+def _check_shapes(variables: dict) -> dict:
+  """Every converted tree must match the released architecture exactly."""
+  expect = {"pnet": (PNet(), 12), "rnet": (RNet(), 24), "onet": (ONet(), 48)}
+  for net, v in variables.items():
+    model, s = expect[net]
+    ref = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))
+    got = jax.tree.map(np.shape, v)
+    want = jax.tree.map(lambda a: tuple(a.shape), ref)
+    if got != want:
+      raise MTCNNWeightsError(f"{net}: converted parameter shapes do not match MTCNN's")
+  return variables
+
+
+def load_mtcnn_weights(source: str = "auto") -> dict[str, dict]:
+  """{"pnet": variables, "rnet": ..., "onet": ...} holding the original MTCNN weights.
+
+  source: "auto" (the `mtcnn` package, else facenet-pytorch), "mtcnn",
+  "facenet-pytorch", or a path: a folder with {pnet,rnet,onet}.{pt,npz,safetensors}
+  in facenet-pytorch's layout, or one .npz/.safetensors/.pt file whose keys are
+  prefixed "pnet.", "rnet.", "onet.". User paths are read without unpickling.
+  """
+  if source in ("auto", "mtcnn"):
+    d = _package_dir("mtcnn")
+    files = [os.path.join(d or "", "assets", "weights", f"{n}.lz4") for n in _NETS]
+    if d and all(os.path.isfile(f) for f in files):
+      try:
+        return _check_shapes({n: _from_keras(n, _read_lz4_joblib(f))
+                              for n, f in zip(_NETS, files)})
+      except ImportError as e:
+        raise MTCNNWeightsError(f"reading the mtcnn package's weights needs {e.name} "
+                                f"(pip install {e.name})") from None
+    if source == "mtcnn":
+      raise MTCNNWeightsError(f"the mtcnn package is not installed: {_INSTALL_HINT}")
+  if source in ("auto", "facenet-pytorch"):
+    d = _package_dir("facenet_pytorch")
+    files = [os.path.join(d or "", "data", f"{n}.pt") for n in _NETS]
+    if d and all(os.path.isfile(f) for f in files):
+      return _load_torch_files(dict(zip(_NETS, files)))
+    raise MTCNNWeightsError(f"no MTCNN weights found: {_INSTALL_HINT}"
+                            if source == "auto" else
+                            f"facenet-pytorch is not installed: {_INSTALL_HINT}")
+  return _load_user_path(source)
+
+
+def _load_torch_files(files: dict[str, str]) -> dict:
+  from jaxvision import weights as W
+  try:
+    return _check_shapes({n: _from_torch(n, W.load_state_dict(f)) for n, f in files.items()})
+  except W.WeightsError as e:
+    raise MTCNNWeightsError(str(e)) from None
+
+
+def _load_user_path(path: str) -> dict:
+  from jaxvision import weights as W
+  exts = (".pt", ".pth", ".npz", ".safetensors")
+  if os.path.isdir(path):
+    files = {}
+    for n in _NETS:
+      found = [os.path.join(path, n + e) for e in exts if os.path.isfile(os.path.join(path, n + e))]
+      if not found:
+        raise MTCNNWeightsError(f"{path}: no {n}.pt/.npz/.safetensors in this folder")
+      files[n] = found[0]
+    return _load_torch_files(files)
+  if not os.path.isfile(path):
+    raise MTCNNWeightsError(f"{path}: no such file or folder (source is 'auto', 'mtcnn', "
+                            "'facenet-pytorch' or a path)")
+  if not path.lower().endswith(exts):
+    raise MTCNNWeightsError(f"{path}: weights must be .pt, .npz or .safetensors")
+  try:
+    sd = W.load_state_dict(path)
+    out = {}
+    for n in _NETS:
+      sub = {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")}
+      if not sub:
+        raise MTCNNWeightsError(f"{path}: no keys starting with {n + '.'!r}")
+      out[n] = _from_torch(n, sub)
+    left = [k for k in sd if not k.startswith(tuple(n + "." for n in _NETS))]
+    if left:
+      raise MTCNNWeightsError(f"{path}: unexpected key {left[0]!r}")
+    return _check_shapes(out)
+  except W.WeightsError as e:
+    raise MTCNNWeightsError(str(e)) from None

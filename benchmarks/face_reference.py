@@ -1,0 +1,168 @@
+"""Development only: run a reference MTCNN on real photos and write its detections.
+
+    /work/refvenv/bin/python benchmarks/face_reference.py --out tests/data/mtcnn_reference.json
+
+The reference is facenet-pytorch's `detect_face` (a port of davidsandberg/facenet's
+align/detect_face.py, itself a port of the original MATLAB demo) with its own copies of
+the original weights, thresholds 0.6/0.7/0.7, factor 0.709, min face 20. It needs torch
+and facenet-pytorch (not jaxvision's dependencies); torchvision is shimmed with an exact
+re-implementation of `torchvision.ops.batched_nms` (greedy IoU NMS, stable descending
+sort) because only that function is used.
+
+The photos (`photos()`) are built from scikit-image's bundled data files with numpy and
+Pillow only, so the reference venv (no scikit-image) and the tests build identical pixels:
+  astronaut   skimage astronaut.png (512x512 RGB, one face)
+  camera      skimage camera.png (512x512 grey, one face) as grey
+  lfw_mosaic  six LFW faces from lfw_subset.npy, upscaled 3x (nearest), on a 420x300 canvas
+  wide        astronaut's upper half next to two LFW faces: 700x256 (extreme-ish aspect)
+  coffee      skimage coffee.png (no face)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+
+import numpy as np
+
+
+def skimage_data_dir() -> str:
+  spec = importlib.util.find_spec("skimage")
+  if spec is not None and spec.submodule_search_locations:
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+  here = os.path.dirname(os.path.abspath(__file__))  # the project's venv
+  import glob
+  found = glob.glob(os.path.join(here, "..", ".venv", "lib", "python*", "site-packages",
+                                 "skimage", "data"))
+  if not found:
+    raise SystemExit("scikit-image's data folder not found")
+  return found[0]
+
+
+def photos(data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """{name: uint8 array (H, W, 3) or (H, W) for grey}: deterministic real photos."""
+  from PIL import Image
+  d = data_dir or skimage_data_dir()
+  load = lambda n: np.asarray(Image.open(os.path.join(d, n)))
+  astro = load("astronaut.png")[..., :3]
+  camera = load("camera.png")
+  lfw = np.load(os.path.join(d, "lfw_subset.npy"))[:100]  # 100 faces, 25x25 floats in [0, 1]
+  face = lambda i: np.repeat(np.repeat((lfw[i] * 255).round().astype(np.uint8), 3, 0), 3, 1)
+  mosaic = np.full((300, 420), 128, np.uint8)
+  for k, i in enumerate((0, 7, 19, 33, 52, 77)):
+    r, c = divmod(k, 3)
+    y, x = 40 + r * 130, 25 + c * 135
+    mosaic[y:y + 75, x:x + 75] = face(i)
+  mosaic = np.repeat(mosaic[..., None], 3, -1)
+  wide = np.full((256, 700, 3), 90, np.uint8)
+  wide[:, :512] = astro[:256]
+  wide[80:155, 540:615] = face(3)[..., None]
+  wide[100:175, 615:690] = face(41)[..., None]
+  coffee = load("coffee.png")[..., :3]
+  return {"astronaut": astro, "camera": camera, "lfw_mosaic": mosaic, "wide": wide,
+          "coffee": coffee}
+
+
+def _shim_torchvision():
+  """Just enough torchvision for facenet_pytorch.models.utils.detect_face."""
+  import torch
+
+  def nms(boxes, scores, thr):
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = torch.ones(len(b), dtype=torch.bool)
+    keep = []
+    for i in range(len(b)):
+      if not alive[i]:
+        continue
+      keep.append(i)
+      xx1 = torch.maximum(b[i, 0], b[:, 0])
+      yy1 = torch.maximum(b[i, 1], b[:, 1])
+      xx2 = torch.minimum(b[i, 2], b[:, 2])
+      yy2 = torch.minimum(b[i, 3], b[:, 3])
+      inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
+      iou = inter / (area[i] + area - inter)
+      alive &= ~(iou > thr)
+    return order[torch.as_tensor(keep, dtype=torch.long)]
+
+  def batched_nms(boxes, scores, idxs, thr):
+    if boxes.numel() == 0:
+      return torch.empty((0,), dtype=torch.long)
+    off = idxs.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + off[:, None], scores, thr)
+
+  tv = types.ModuleType("torchvision")
+  ops = types.ModuleType("torchvision.ops")
+  ops_boxes = types.ModuleType("torchvision.ops.boxes")
+  ops_boxes.batched_nms = batched_nms
+  ops.boxes = ops_boxes
+  ops.batched_nms = batched_nms
+  transforms = types.ModuleType("torchvision.transforms")
+  transforms.functional = types.ModuleType("torchvision.transforms.functional")
+  tv.ops, tv.transforms = ops, transforms
+  for name, mod in {"torchvision": tv, "torchvision.ops": ops, "torchvision.ops.boxes": ops_boxes,
+                    "torchvision.transforms": transforms,
+                    "torchvision.transforms.functional": transforms.functional}.items():
+    sys.modules.setdefault(name, mod)
+  if "requests" not in sys.modules and importlib.util.find_spec("requests") is None:
+    req = types.ModuleType("requests")
+    req.adapters = types.ModuleType("requests.adapters")
+    req.adapters.HTTPAdapter = object
+    sys.modules["requests"] = req
+    sys.modules["requests.adapters"] = req.adapters
+
+
+def facenet_detector(threads: int | None = None):
+  """(detect(batch uint8 (B, H, W, 3)) -> per image (boxes+scores (n, 5), points (n, 5, 2)),
+  version string)."""
+  _shim_torchvision()
+  import torch
+  if threads:
+    torch.set_num_threads(threads)
+  import facenet_pytorch
+  from facenet_pytorch.models.mtcnn import MTCNN
+  from facenet_pytorch.models.utils.detect_face import detect_face
+  from importlib.metadata import version
+  m = MTCNN(device="cpu")  # loads data/{pnet,rnet,onet}.pt
+
+  def detect(batch):
+    with torch.no_grad():
+      boxes, points = detect_face(np.ascontiguousarray(batch), 20, m.pnet, m.rnet, m.onet,
+                                  [0.6, 0.7, 0.7], 0.709, "cpu")
+    return [(np.asarray(b, np.float64).reshape(-1, 5), np.asarray(p, np.float64).reshape(-1, 5, 2))
+            for b, p in zip(boxes, points)]
+  del facenet_pytorch
+  return detect, f"facenet-pytorch {version('facenet-pytorch')} (torch {torch.__version__})"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="tests/data/mtcnn_reference.json")
+  ap.add_argument("--skimage-data", default=None, help="scikit-image's data folder")
+  args = ap.parse_args()
+  detect, ref = facenet_detector()
+  result = {"reference": ref, "settings": "detect_face(min_face=20, thresholds=[0.6, 0.7, 0.7], "
+            "factor=0.709); torchvision.ops.batched_nms shimmed exactly",
+            "photos": {}}
+  for name, img in photos(args.skimage_data).items():
+    rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)
+    t = time.time()
+    (b, p), = detect(rgb[None])
+    faces = [{"box": [round(float(v), 3) for v in bb[:4]], "score": round(float(bb[4]), 6),
+              "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in pp]}
+             for bb, pp in zip(b, p)]
+    result["photos"][name] = {"shape": list(img.shape), "faces": faces}
+    print(f"{name}: {img.shape}, {len(faces)} faces, {time.time() - t:.2f}s")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print("wrote", args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,309 @@
+"""Face-detection pipeline: NMS, crops, the compiled MTCNN cascade vs the reference, CLI."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxvision import faces
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REF = os.path.join(ROOT, "tests", "data", "mtcnn_reference.json")
+
+
+def _face_reference():
+  spec = importlib.util.spec_from_file_location(
+      "face_reference", os.path.join(ROOT, "benchmarks", "face_reference.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture(scope="module")
+def photos():
+  return _face_reference().photos()
+
+
+@pytest.fixture(scope="module")
+def detector():
+  from jaxvision.models.mtcnn import MTCNNWeightsError
+  try:
+    return faces.mtcnn_detector()
+  except MTCNNWeightsError as e:
+    pytest.skip(str(e))
+
+
+# ---------------------------------------------------------------- NMS
+def _greedy_nms_numpy(boxes, scores, thr, mode="union", plus_one=False):
+  """The textbook loop (facenet-pytorch's nms_numpy / torchvision's greedy nms)."""
+  e = 1.0 if plus_one else 0.0
+  order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+  alive = np.ones(len(scores), bool)
+  keep = np.zeros(len(scores), bool)
+  area = (boxes[:, 2] - boxes[:, 0] + e) * (boxes[:, 3] - boxes[:, 1] + e)
+  for i in order:
+    if not alive[i]:
+      continue
+    keep[i] = True
+    iw = np.maximum(np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]) + e, 0)
+    ih = np.maximum(np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]) + e, 0)
+    inter = iw * ih
+    o = inter / (np.minimum(area[i], area) if mode == "min" else area[i] + area - inter)
+    alive &= ~(o > thr)
+    alive[i] = False
+  return keep
+
+
+K = 12
+_nms_union = jax.jit(lambda b, s, v: faces.nms(b, s, v, 0.5))
+_nms_min = jax.jit(lambda b, s, v: faces.nms(b, s, v, 0.7, mode="min", plus_one=True))
+_overlap = jax.jit(jax.vmap(lambda b, bs: faces.overlap(b, bs), in_axes=(0, None)))
+
+box_sets = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30),
+              st.integers(0, 1000), st.booleans()),
+    min_size=K, max_size=K)
+
+
+def _arrays(rows):
+  r = np.array(rows, np.float32)
+  boxes = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], 1)
+  return boxes, r[:, 4] / 1000.0, r[:, 5].astype(bool)
+
+
+@settings(max_examples=40, deadline=None)
+@given(box_sets)
+def test_nms_properties(rows):
+  boxes, scores, valid = _arrays(rows)
+  keep = np.asarray(_nms_union(boxes, scores, valid))
+  assert not (keep & ~valid).any()
+  # kept boxes overlap each other by at most the threshold
+  iou = np.asarray(_overlap(boxes, boxes))
+  kk = np.flatnonzero(keep)
+  off = iou[np.ix_(kk, kk)][~np.eye(len(kk), dtype=bool)]
+  assert (off <= 0.5 + 1e-6).all()
+  # every dropped valid box is covered by a kept box scoring at least as high
+  for j in np.flatnonzero(valid & ~keep):
+    assert any(iou[i, j] > 0.5 and scores[i] >= scores[j] for i in kk)
+  # the same set as the textbook greedy loop (ties: lower index first)
+  want = _greedy_nms_numpy(boxes[valid], scores[valid], 0.5)
+  np.testing.assert_array_equal(keep[valid], want)
+  # idempotent
+  np.testing.assert_array_equal(np.asarray(_nms_union(boxes, scores, keep)), keep)
+  # 'Min' overlap with +1 widths (the reference's last NMS)
+  keep_min = np.asarray(_nms_min(boxes, scores, valid))
+  np.testing.assert_array_equal(keep_min[valid], _greedy_nms_numpy(
+      boxes[valid], scores[valid], 0.7, "min", True))
+
+
+def test_top_sorts_scores_and_masks_invalid():
+  s = jnp.array([0.3, 0.9, 0.5, 0.7, 0.1])
+  v = jnp.array([True, False, True, True, True])
+  idx, ok = faces._top(s, v, 6)
+  got = np.asarray(s)[np.asarray(idx)][np.asarray(ok)]
+  np.testing.assert_array_equal(got, np.float32([0.7, 0.5, 0.3, 0.1]))
+  assert np.asarray(ok).sum() == 4
+
+
+# ---------------------------------------------------------------- crops
+def _adaptive_avg_numpy(img, y0, y1, x0, x1, oh, ow):
+  """torch adaptive_avg_pool2d (= interpolate mode='area') of a crop, by its formula."""
+  crop = img[y0:y1, x0:x1].astype(np.float64)
+  h, w = crop.shape[:2]
+  out = np.zeros((oh, ow, img.shape[2]))
+  for i in range(oh):
+    a, b = (i * h) // oh, -(-((i + 1) * h) // oh)
+    for j in range(ow):
+      c, d = (j * w) // ow, -(-((j + 1) * w) // ow)
+      out[i, j] = crop[a:b, c:d].mean((0, 1))
+  return out
+
+
+def test_area_crops_match_adaptive_pooling():
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+  regions = np.array([[0, 37, 0, 53], [3, 30, 5, 14], [10, 11, 20, 21], [2, 40 - 3, 7, 50]],
+                     np.int32)
+  sizes = [(24, 24), (7, 5)]
+  sat = faces.integral_image(jnp.asarray(img))
+  for oh, ow in sizes:
+    got = np.asarray(faces.area_crops(sat, jnp.asarray(regions), (oh, ow)))
+    for k, (y0, y1, x0, x1) in enumerate(regions):
+      np.testing.assert_allclose(got[k], _adaptive_avg_numpy(img, y0, y1, x0, x1, oh, ow),
+                                 rtol=1e-5, atol=1e-3)
+
+
+def test_crop_and_resize_matches_bilinear_formula():
+  rng = np.random.default_rng(1)
+  img = rng.random((20, 30, 2)).astype(np.float32)
+  boxes = np.array([[2.5, 3.0, 17.25, 12.0], [-3.0, -2.0, 8.0, 25.0]], np.float32)
+  got = np.asarray(jax.jit(faces.crop_and_resize, static_argnums=2)(img, boxes, 6))
+
+  def px(y, x):  # zero outside
+    return img[y, x] if 0 <= y < 20 and 0 <= x < 30 else np.zeros(2)
+
+  for k, (x1, y1, x2, y2) in enumerate(boxes):
+    for i in range(6):
+      for j in range(6):
+        y, x = y1 + (y2 - y1) * i / 5, x1 + (x2 - x1) * j / 5
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        dy, dx = y - y0, x - x0
+        want = ((1 - dy) * (1 - dx) * px(y0, x0) + (1 - dy) * dx * px(y0, x0 + 1)
+                + dy * (1 - dx) * px(y0 + 1, x0) + dy * dx * px(y0 + 1, x0 + 1))
+        np.testing.assert_allclose(got[k, i, j], want, atol=1e-5)
+
+
+def test_pack_levels_even_offsets_no_overlap():
+  levels = faces.pyramid_scales(720, 1280)
+  sizes = [(hs, ws) for _, hs, ws in levels]
+  offsets, (hc, wc) = faces.pack_levels(sizes)
+  occupied = np.zeros((hc, wc), int)
+  for (h, w), (y, x) in zip(sizes, offsets):
+    assert y % 2 == 0 and x % 2 == 0
+    occupied[y:y + h, x:x + w] += 1
+  assert occupied.max() == 1
+  assert occupied.sum() / occupied.size > 0.6  # the canvas is not mostly empty
+
+
+def test_pyramid_matches_reference_rule():
+  levels = faces.pyramid_scales(512, 512)
+  assert len(levels) == 10 and levels[0][1:] == (308, 308)  # int(512 * 0.6 + 1)
+  assert faces.pyramid_scales(19, 400) == []  # 19 * 0.6 < 12: no level
+
+
+# ---------------------------------------------------------------- the cascade
+def _match(got, want, what):
+  assert len(got) == len(want), f"{what}: {len(got)} faces, reference {len(want)}"
+  for g, w in zip(got, want):
+    gb, wb = np.array(g["box"]), np.array(w["box"])
+    ix = max(0.0, min(gb[2], wb[2]) - max(gb[0], wb[0]))
+    iy = max(0.0, min(gb[3], wb[3]) - max(gb[1], wb[1]))
+    inter = ix * iy
+    iou = inter / ((gb[2] - gb[0]) * (gb[3] - gb[1]) + (wb[2] - wb[0]) * (wb[3] - wb[1]) - inter)
+    assert iou >= 0.95, f"{what}: IoU {iou:.3f}"
+    assert abs(g["score"] - w["score"]) <= 0.01, what
+    assert np.abs(np.array(g["landmarks"]) - np.array(w["landmarks"])).max() <= 2.0, what
+
+
+def test_reference_file_names_its_source():
+  ref = json.load(open(REF))
+  assert ref["reference"].startswith("facenet-pytorch")
+  assert set(ref["photos"]) >= {"astronaut", "camera", "lfw_mosaic"}
+
+
+def test_matches_reference_astronaut_and_grey_camera(detector, photos):
+  """Batch of two 512x512 photos (one grey) against facenet-pytorch's detections."""
+  ref = json.load(open(REF))["photos"]
+  grey = photos["camera"]
+  assert grey.ndim == 2
+  batch = np.stack([photos["astronaut"], np.repeat(grey[..., None], 3, -1)])
+  got = detector.detect(batch)
+  _match(got[0], ref["astronaut"]["faces"], "astronaut")
+  _match(got[1], ref["camera"]["faces"], "camera")
+  r = detector.raw(batch)  # fixed-size buffers, valid entries first, sorted by score
+  for s, ok in zip(r["scores"], r["valid"]):
+    n = ok.sum()
+    assert ok[:n].all() and not ok[n:].any()
+    assert (np.diff(s[:n]) <= 0).all()
+
+
+@pytest.mark.slow
+def test_matches_reference_wide_and_no_face(detector, photos):
+  ref = json.load(open(REF))["photos"]
+  _match(detector.detect(photos["wide"])[0], ref["wide"]["faces"], "wide")
+  assert detector.detect(photos["coffee"])[0] == ref["coffee"]["faces"] == []
+
+
+def _mosaic_batch(photos):
+  m = photos["lfw_mosaic"]
+  return np.stack([m, np.repeat(m[..., :1], 3, -1), m[:, ::-1]])
+
+
+def test_batch_equals_one_at_a_time(detector, photos):
+  """A batch of 3 (the CLI test's shape: compiled once) vs each image alone; the
+  mosaic's six faces match the reference (multi-face fidelity)."""
+  batch = _mosaic_batch(photos)
+  both = detector.detect(batch)
+  one = [detector.detect(x)[0] for x in batch]
+  _match(one[0], json.load(open(REF))["photos"]["lfw_mosaic"]["faces"], "lfw_mosaic")
+  assert [len(f) for f in one] == [6, 6, 6]
+  for a, b in zip(one, both):
+    assert len(a) == len(b)
+    for fa, fb in zip(a, b):
+      np.testing.assert_allclose(fa["box"], fb["box"], atol=1e-3)
+      np.testing.assert_allclose(fa["score"], fb["score"], atol=1e-6)
+      np.testing.assert_allclose(fa["landmarks"], fb["landmarks"], atol=1e-3)
+
+
+def test_jit_equals_no_jit_first_stage(detector, photos):
+  """The P-Net stage alone (the full cascade un-jitted takes a minute op by op)."""
+  nets = {"pnet": (detector._modules["pnet"], detector.variables["pnet"])}
+  det = faces.FaceDetector(nets, faces.DetectorConfig(min_face=60, per_scale=32, proposals=32,
+                                                      stage3=8))
+  img = photos["lfw_mosaic"][35:120, 20:105]  # one 75-px face; two pyramid levels
+  a, b = det.raw(img), det.raw(img, jit=False)
+  np.testing.assert_array_equal(a["valid"], b["valid"])
+  assert a["valid"].any()
+  np.testing.assert_allclose(a["boxes"][a["valid"]], b["boxes"][b["valid"]], atol=1e-3)
+  np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+def test_tiny_and_extreme_aspect_images(detector):
+  rng = np.random.default_rng(0)
+  assert detector.detect(rng.integers(0, 255, (11, 40, 3), np.uint8)) == [[]]  # < 12 px
+  assert detector.detect(rng.integers(0, 255, (5, 5), np.uint8)) == [[]]
+  # 1:40 strip (one pyramid level), through the first stage (its compile is the cheap one)
+  nets = {"pnet": (detector._modules["pnet"], detector.variables["pnet"])}
+  det = faces.FaceDetector(nets, faces.DetectorConfig(per_scale=32, proposals=32, stage3=8))
+  strip = rng.integers(0, 255, (24, 960, 3), np.uint8)
+  r = det.raw(strip)
+  assert r["boxes"].shape == (1, 8, 4)
+  assert np.isfinite(r["boxes"]).all() and np.isfinite(r["scores"]).all()
+  tall = det.raw(strip.transpose(1, 0, 2))
+  assert np.isfinite(tall["boxes"]).all()
+
+
+def test_as_rgb_batch_grey_rgba_and_errors():
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  out = faces.as_rgb_batch(grey)
+  assert out.shape == (1, 3, 4, 3) and (out[0, ..., 0] == grey).all() and (out[..., 2] == grey).all()
+  rgba = np.zeros((2, 5, 6, 4), np.uint8)
+  assert faces.as_rgb_batch(rgba).shape == (2, 5, 6, 3)
+  with pytest.raises(ValueError, match="uint8"):
+    faces.as_rgb_batch(np.zeros((5, 5, 3), np.float32) + 0.5)
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_detect_faces_json_and_draw(detector, photos, tmp_path, monkeypatch, capsys):
+  from PIL import Image
+  from jaxvision import cli
+  mosaic = photos["lfw_mosaic"]
+  paths = [str(tmp_path / "mosaic.png"), str(tmp_path / "grey.png"), str(tmp_path / "rgba.png")]
+  Image.fromarray(mosaic).save(paths[0])
+  Image.fromarray(mosaic[..., 0]).save(paths[1])  # grey ('L')
+  Image.fromarray(np.dstack([mosaic, np.full(mosaic.shape[:2], 255, np.uint8)])).save(paths[2])
+  monkeypatch.setattr(faces, "mtcnn_detector", lambda *a, **k: detector)  # reuse the compile
+  out = tmp_path / "faces.json"
+  rc = cli.main(["detect-faces", *paths, "--json", str(out), "--draw", str(tmp_path / "drawn")])
+  assert rc == 0, capsys.readouterr().err
+  res = json.loads(out.read_text())
+  assert list(res) == paths
+  ref = json.load(open(REF))["photos"]["lfw_mosaic"]["faces"]
+  for p in paths:
+    _match(res[p], ref, p)
+    assert all(len(f["landmarks"]) == 5 for f in res[p])
+  drawn = np.asarray(Image.open(tmp_path / "drawn" / "mosaic.png"))
+  assert drawn.shape == mosaic.shape and (drawn != mosaic).any()
+  assert sorted(os.listdir(tmp_path / "drawn")) == ["grey.png", "mosaic.png", "rgba.png"]
+  # user errors: one line, non-zero, nothing written
+  bad = tmp_path / "bad.json"
+  assert cli.main(["detect-faces", str(tmp_path / "missing.png"), "--json", str(bad)]) == 1
+  assert cli.main(["detect-faces", paths[0], "--json", str(bad), "--model", "cascade-cnn"]) == 1
+  err = capsys.readouterr().err
+  assert "missing.png" in err and "--checkpoint" in err and not bad.exists()

@@ -1,0 +1,130 @@
+"""Style networks: sizes kept for odd inputs, instance-norm statistics, Gatys lowers its
+loss, a training step lowers the loss, and `python -m train` -> `jaxvision stylize`."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from jaxvision import cli, models, style
+from jaxvision.models import stylenets, vgg
+from tests.conftest import run
+
+TINY_VGG = 0.0625  # 4..32 channels
+
+
+@pytest.mark.parametrize("name,kwargs", [("johnson", {"width": 4, "num_residual": 1}),
+                                         ("texture_net", {"width": 4, "scales": 3}),
+                                         ("texture_net", {"width": 4, "scales": 4,
+                                                          "image_input": False})])
+def test_generators_keep_odd_sizes(name, kwargs):
+  m = models.create(name, **kwargs)
+  v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  for h, w in [(17, 23), (31, 10)]:
+    out = jax.eval_shape(lambda v, x: m.apply(v, x), v, jax.ShapeDtypeStruct((2, h, w, 3),
+                                                                              jnp.float32))
+    assert out.shape == (2, h, w, 3), (name, h, w)
+  if name == "johnson":  # one real run (jitted: eager dispatch op by op is slower)
+    x = jnp.asarray(np.random.RandomState(0).rand(1, 13, 11, 3).astype(np.float32))
+    y = jax.jit(lambda x: m.apply(m.init(jax.random.PRNGKey(0), x), x))(x)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+def test_johnson_layout_matches_paper():
+  """c9s1-32, d64, d128, 5 x res128, u64, u32, c9s1-3: parameters counted from the layers."""
+  conv = lambda k, i, o, norm=True: k * k * i * o + o + (2 * o if norm else 0)
+  want = (conv(9, 3, 32) + conv(3, 32, 64) + conv(3, 64, 128) + 10 * conv(3, 128, 128)
+          + conv(3, 128, 64) + conv(3, 64, 32) + conv(9, 32, 3, norm=False))
+  m = models.create("johnson")
+  v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  assert sum(x.size for x in jax.tree.leaves(v["params"])) == want
+
+
+def test_instance_norm_statistics():
+  r = np.random.RandomState(1)
+  x = jnp.asarray((r.randn(3, 7, 9, 5) * r.rand(1, 1, 1, 5) * 10 + 4).astype(np.float32))
+  y = np.asarray(stylenets.instance_normalize(x))
+  np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(y.var(axis=(1, 2)), 1, atol=1e-3)
+  m = stylenets.InstanceNorm()
+  params = {"params": {"scale": jnp.arange(1.0, 6.0), "bias": -jnp.arange(5.0)}}
+  np.testing.assert_allclose(m.apply(params, x), y * np.arange(1, 6) - np.arange(5), rtol=1e-5,
+                             atol=1e-5)
+  # Per image: another image in the batch does not change this one's output.
+  np.testing.assert_allclose(stylenets.instance_normalize(x[:1]), y[:1], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_descriptor():
+  fn, pretrained = vgg.load_descriptor(None, width=TINY_VGG)
+  assert not pretrained
+  return fn
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_gatys_lowers_the_loss(tiny_descriptor, method):
+  r = np.random.RandomState(2)
+  content, s = r.rand(16, 16, 3).astype(np.float32), r.rand(12, 12, 3).astype(np.float32) ** 3
+  y, values = style.gatys(tiny_descriptor, content, s, steps=8, method=method,
+                          learning_rate=0.05)
+  assert y.shape == content.shape and np.all(np.isfinite(values))
+  assert values[-1] < 0.7 * values[0]
+
+
+def test_train_step_lowers_the_loss(tiny_descriptor):
+  """The task's loss under a jitted Adam step: the style network learns."""
+  from train import tasks, task_style
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(
+      descriptor=dict(arch="vgg16", weights="", width=TINY_VGG),
+      style=dict(image="immunohistochemistry", size=24, loss="gram", content_layer="relu2_2",
+                 style_layers=["relu1_2", "relu2_2"], content_weight=1.0, style_weight=1e3,
+                 tv_weight=1.0, histogram_weight=1.0)))
+  task = tasks.get("style_transfer")
+  m = models.create("johnson", width=4, num_residual=1)
+  x = jnp.asarray(np.random.RandomState(3).rand(2, 16, 16, 3).astype(np.float32))
+  x = x.at[1].set(0.5)  # a uniform crop: left out of the loss, no overflow
+  params = m.init(jax.random.PRNGKey(0), x)["params"]
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state):
+    (loss, (terms, _)), g = jax.value_and_grad(
+        lambda p: task.loss(m, {"params": p}, {"input": x}, None, True, config), has_aux=True)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(g)
+
+  opt_state, losses = tx.init(params), []
+  for _ in range(10):
+    params, opt_state, loss, gnorm = step(params, opt_state)
+    assert np.isfinite(float(gnorm))
+    losses.append(float(loss))
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_train_then_stylize_end_to_end(tmp_path, tfds_dir):
+  """`python -m train --config configs/johnson.py` (tiny) says the descriptor is random and
+  trains; `jaxvision stylize` uses the workdir on an odd-sized photo."""
+  wd = tmp_path / "run"
+  overrides = {
+      "model.kwargs.width": 4, "model.kwargs.num_residual": 1, "descriptor.width": TINY_VGG,
+      "style.size": 24, "data.crop_size": 16, "data.eval_crop": 24, "data.eval_max_images": 1,
+      "data.worker_count": 0, "total_steps": 4, "log_every": 2, "eval_every": 4,
+      "checkpoint_every": 4, "batch_size": 2}
+  p = run([sys.executable, "-m", "train", "--config", "configs/johnson.py", "--workdir", str(wd)]
+          + [f"--config.{k}={v}" for k, v in overrides.items()], tfds_dir)
+  out = p.stdout + p.stderr
+  assert "RANDOM weights" in out and "done: step 4" in out
+  src = tmp_path / "in.png"
+  Image.fromarray((np.random.RandomState(4).rand(21, 30, 3) * 255).astype(np.uint8)).save(src)
+  assert cli.main(["stylize", "--checkpoint", str(wd), str(src), str(tmp_path / "o.png")]) == 0
+  assert Image.open(tmp_path / "o.png").size == (30, 21)
+  # User mistakes: one line, non-zero, no file.
+  assert cli.main(["stylize", str(src), str(tmp_path / "x.png")]) == 1
+  assert cli.main(["stylize", "--checkpoint", str(tmp_path / "nowhere"), str(src),
+                   str(tmp_path / "x.png")]) == 1
+  assert not os.path.exists(tmp_path / "x.png")

@@ -368,4 +368,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # Run the imported module's main: family modules raise jaxvision.cli.CliError, which
+  # would be another class than this __main__ copy's.
+  from jaxvision.cli import main as _main
+  sys.exit(_main())

@@ -153,7 +153,8 @@ def decompress(args) -> None:
   if header.tables_crc is not None and header.tables_crc != C.tables_crc(tables):
     raise CliError(f"{args.input} was coded with other CDF tables (CRC "
                    f"{header.tables_crc:08x}) than {args.checkpoint} holds "
-                   f"({C.tables_crc(tables):08x}): a different checkpoint step or training run")
+                   f"({C.tables_crc(tables):08x}): another checkpoint step or training run, or a "
+                   "hyperprior file from a jaxvision older than its fixed-point coding")
   try:
     x = C.decompress(model, variables, tables, strings, header.latent_shapes,
                      header.height, header.width)

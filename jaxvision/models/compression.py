@@ -13,13 +13,16 @@ convs use padding (2, 3): the same output grid as PyTorch's padding=2,
 output_padding=1 (flax does not flip the kernel; a converter must).
 
 Host-side coding (`update`, `compress`, `decompress`, `estimate_bits`) are pure
-functions of (model, variables, tables). Determinism: the decoder's inputs to every
-CDF choice are integers (z symbols), and the encoder derives the y indexes from those
-same integers with the same jitted function (`_hyper_decode`) as the decoder, never
-from its own float path. `mbt2018` goes further: the decoder's y_hat[i, j] = s + μ
-(s the decoded int, μ from one jitted step over the 5x5 window of y_hat already
-decoded), and the encoder fills its y_hat buffer with exactly the same float32
-operations on the same values, so both sides see identical windows at every step.
+functions of (model, variables, tables). Determinism across machines: every value
+that selects a CDF is an integer computed exactly. At coding time h_s (hyperpriors)
+and mbt2018's context step (masked 5x5 conv + entropy-parameter 1x1 convs) run as
+fixed-point integer networks on the host (`fixed_point_nets`, the `fx_*` helpers of
+compression_layers: integer weights, rounded integer activations, exact int64 or
+provably exact float64 matmuls), and the scale index is an integer comparison with
+fixed-point table midpoints. Means are fixed point too: mbt2018's y_hat = s + μ is
+the integer s·2^12 + μ_fx, so the serial encoder and decoder see identical integer
+windows on any machine. Training and `estimate_bits` stay float; the jitted float
+methods `_hyper_decode` / `_ar_step` remain as references for tests.
 
 CDF tables: `update` builds them from the parameters; `checkpoint_tables` saves them
 beside a checkpoint step (workdir/cdf_tables/<step>.npz) and reuses them, and a
@@ -34,6 +37,7 @@ import io
 import os
 import time
 import zlib
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -42,8 +46,10 @@ import numpy as np
 
 from jaxvision import codec
 from jaxvision.models import register
-from jaxvision.models.compression_layers import (GDN, CdfTables, EntropyBottleneck,
-                                                 GaussianConditional, MaskedConv)
+from jaxvision.models.compression_layers import (
+    ACT_FRAC, GDN, LEAKY_NUM, WEIGHT_FRAC, CdfTables, EntropyBottleneck, FxConv,
+    FxDense, GaussianConditional, MaskedConv, causal_mask, fx_conv, fx_conv_apply,
+    fx_dense, fx_leaky, fx_matmul, fx_quantize, fx_relu, fx_rescale)
 
 # λ of the CompressAI zoo (MSE), quality 1..8.
 LAMBDAS = {q: l for q, l in enumerate(
@@ -152,7 +158,8 @@ class ScaleHyperprior(nn.Module):
     return {"y_float": y, "z": z_sym}
 
   def _hyper_decode(self, z_sym):
-    """z symbols -> (int32 y indexes, means or None). Shared by encoder and decoder."""
+    """z symbols -> (int32 y indexes, means or None) in float32: a reference only;
+    the coder uses the fixed-point `hyper_fixed` (see the module docstring)."""
     z_hat = z_sym.astype(jnp.float32) + self.entropy_bottleneck.medians()
     scales, means = self.hyper_synthesis(z_hat)
     return self.gaussian_conditional.build_indexes(scales), means
@@ -225,7 +232,8 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
 
   def _ar_step(self, window, params):
     """One position: window (1, 5, 5, M) of y_hat around it (zeros outside the image
-    and not yet decoded), params (1, 1, 1, 2M) -> (int32 indexes (M,), means (M,))."""
+    and not yet decoded), params (1, 1, 1, 2M) -> (int32 indexes (M,), means (M,)).
+    Float reference of the coder's fixed-point `_fx_ar_step`."""
     ctx = self.context_prediction(window, valid=True)
     scales, means = self._gaussian_params(params, ctx)
     return self.gaussian_conditional.build_indexes(scales[0, 0, 0]), means[0, 0, 0]
@@ -288,10 +296,20 @@ def update(model, variables, precision: int = 16) -> dict[str, CdfTables]:
   return {"z": eb_tables, "y": GaussianConditional().update(precision)}
 
 
+# What the coder's CDF choice depends on besides the tables (hyperpriors): the
+# fixed-point format of h_s / the context step. Part of the tables fingerprint, so a
+# file coded with another index arithmetic (e.g. the float indexes of jaxvision before
+# the integer networks) is refused instead of decoding garbage.
+FIXED_POINT_FORMAT = (f"fx1:act={ACT_FRAC},weight={WEIGHT_FRAC},leaky={LEAKY_NUM}/65536,"
+                      "round=half-up,midpoint=ceil")
+
+
 def tables_crc(tables: dict[str, CdfTables]) -> int:
-  """CRC32 of the tables' int32 contents (little-endian, latents in sorted order):
-  stored in each .jvc file so a decoder can tell that it holds the same tables."""
-  crc = 0
+  """CRC32 of the tables' int32 contents (little-endian, latents in sorted order),
+  preceded for hyperpriors (a "z" table) by FIXED_POINT_FORMAT in ASCII: stored in
+  each .jvc file so a decoder can tell that it holds the same tables and index
+  arithmetic."""
+  crc = zlib.crc32(FIXED_POINT_FORMAT.encode()) if "z" in tables else 0
   for k in sorted(tables):
     crc = zlib.crc32(k.encode(), crc)
     for a in tables[k]:
@@ -364,6 +382,93 @@ def checkpoint_tables(workdir: str, step: int, model, variables) -> dict[str, Cd
   return tables
 
 
+# ------------------------------------------------------ fixed-point coding nets
+
+
+class FxNets(NamedTuple):
+  """The coder's integer networks of a hyperprior model (see `fixed_point_nets`)."""
+
+  medians: np.ndarray        # (N,) int64 z medians at ACT_FRAC
+  h_s: list                  # FxConv layers and fx_relu / fx_leaky activations
+  ctx: FxDense | None        # mbt2018: masked 5x5 conv over its 12 causal taps
+  taps: np.ndarray | None    # (5, 5) bool mask of those taps (row-major order)
+  ep: list                   # mbt2018: entropy-parameter 1x1 convs and activations
+
+
+def _apply_fx(layers, x, force_int64=False):
+  for layer in layers:
+    if isinstance(layer, FxConv):
+      x = fx_conv_apply(x, layer, force_int64)
+    elif isinstance(layer, FxDense):
+      x = fx_rescale(fx_matmul(x, layer, force_int64))
+    else:
+      x = layer(x)
+  return x
+
+
+def fixed_point_nets(model, variables) -> FxNets:
+  """Quantises the float params that select CDFs to fixed point (integers
+  round(w·2^WEIGHT_FRAC), biases round(b·2^(ACT_FRAC+WEIGHT_FRAC)) + 2^(WEIGHT_FRAC-1)
+  (the output rounding, see compression_layers); exact and
+  machine-independent, see compression_layers)."""
+  if not _is_hyper(model):
+    raise ValueError(f"{type(model).__name__} has no hyperprior")
+  p = variables["params"]
+  k = lambda name: np.asarray(p[name]["kernel"], np.float32)
+  b = lambda name: np.asarray(p[name]["bias"], np.float32)
+  deconv = lambda name: fx_conv(k(name), b(name), 2, (2, 3), transpose=True)
+  act = fx_leaky if isinstance(model, MeanScaleHyperprior) else fx_relu
+  h_s = [deconv("h_s_0"), act, deconv("h_s_2"), act, fx_conv(k("h_s_4"), b("h_s_4"), 1, (1, 1))]
+  if not isinstance(model, MeanScaleHyperprior):
+    h_s.append(fx_relu)
+  medians = fx_quantize(np.asarray(p["entropy_bottleneck"]["quantiles"], np.float32)[:, 1],
+                        ACT_FRAC)
+  ctx = taps = None
+  ep = []
+  if _is_ar(model):
+    taps = causal_mask(_K)[..., 0, 0].astype(bool)
+    kc = k("context_prediction")
+    ctx = fx_dense(kc[taps].reshape(-1, kc.shape[-1]), b("context_prediction"))
+    for i in (0, 2, 4):
+      name = f"entropy_parameters_{i}"
+      ep.append(fx_dense(k(name).reshape(-1, k(name).shape[-1]), b(name)))
+      if i < 4:
+        ep.append(fx_leaky)
+  return FxNets(medians, h_s, ctx, taps, ep)
+
+
+def hyper_fixed(nets: FxNets, z_sym, force_int64: bool = False) -> np.ndarray:
+  """h_s of the z symbols (1, h, w, N) in fixed point: int64 (1, 4h, 4w, C), value
+  ·2^-ACT_FRAC. Exact: the same integers on every machine."""
+  z = np.asarray(z_sym, np.int64)[0]
+  z_fx = z * (1 << ACT_FRAC) + nets.medians
+  return _apply_fx(nets.h_s, z_fx, force_int64)[None]
+
+
+def _fx_to_float(v) -> np.ndarray:
+  # Exact (float32 holds the value) for |v| < 2^24, values below 2^(24 - ACT_FRAC) =
+  # 4096; beyond, IEEE rounding of the conversion is still the same everywhere.
+  return (np.asarray(v, np.float64) / float(1 << ACT_FRAC)).astype(np.float32)
+
+
+def _fx_hyper(model, nets: FxNets, z_sym):
+  """Coder's (int32 y indexes, float32 means or None) of a hyperprior without context."""
+  out = hyper_fixed(nets, z_sym)
+  if isinstance(model, MeanScaleHyperprior):
+    scales, means = np.split(out, 2, axis=-1)
+    return GaussianConditional().build_indexes_fixed(scales), _fx_to_float(means)
+  return GaussianConditional().build_indexes_fixed(out), None
+
+
+def _fx_ar_step(nets: FxNets, window, params, force_int64: bool = False):
+  """mbt2018 at one position: window int64 (5, 5, M) of fixed-point y_hat (zeros
+  outside and not yet decoded), params int64 (2M,) -> int64 (scales, means) (M,)."""
+  a = window[nets.taps].reshape(1, -1)  # the 12 causal taps, (1, 12·M)
+  ctx = fx_rescale(fx_matmul(a, nets.ctx, force_int64))
+  h = _apply_fx(nets.ep, np.concatenate([params[None], ctx], axis=1), force_int64)[0]
+  return np.split(h, 2)
+
+
 def pad(x, stride: int = STRIDE):
   """Edge-pads (1, H, W, C) up to multiples of `stride` (cropped back on decode)."""
   _, h, w, _ = x.shape
@@ -418,8 +523,8 @@ def _code(timings):
 def compress(model, variables, tables, x, timings: Timings | None = None):
   """(1, H, W, 3) float in [0, 1] -> (strings, latent_shapes).
 
-  Hyperpriors: strings = [z, y]; the y indexes come from the decoded z symbols via
-  `_hyper_decode`, the very function `decompress` runs.
+  Hyperpriors: strings = [z, y]; the y indexes come from the z symbols through the
+  fixed-point h_s (`hyper_fixed`), the very integers `decompress` computes.
   """
   x = np.asarray(x, np.float32)
   if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
@@ -433,15 +538,16 @@ def compress(model, variables, tables, x, timings: Timings | None = None):
   z = out["z"]
   with _code(timings):
     z_str = _encode(z, _channel_indexes(z.shape), tables["z"])
+  with _net(timings):
+    nets = fixed_point_nets(model, variables)
   if _is_ar(model):
     with _net(timings):
-      params = np.asarray(_apply(model, variables, "_hyper_params", z))
-    y_str, _ = _ar_encode(model, variables, tables["y"], out["y_float"], params, timings)
+      params = hyper_fixed(nets, z)
+    y_str, _ = _ar_encode(nets, tables["y"], out["y_float"], params, timings)
     return [z_str, y_str], [z.shape, tuple(out["y_float"].shape)]
   with _net(timings):
-    idx, means = _apply(model, variables, "_hyper_decode", z)
+    idx, means = _fx_hyper(model, nets, z)
     y = np.asarray(_apply(model, variables, "_quantize_y", out["y_float"], means))
-    idx = np.asarray(idx)
   with _code(timings):
     y_str = _encode(y, idx, tables["y"])
   return [z_str, y_str], [z.shape, y.shape]
@@ -467,16 +573,17 @@ def decompress(model, variables, tables, strings, latent_shapes, height, width,
     z_shape, y_shape = want
     with _code(timings):
       z = _decode(strings[0], _channel_indexes(z_shape), tables["z"])
+    with _net(timings):
+      nets = fixed_point_nets(model, variables)
     if _is_ar(model):
       with _net(timings):
-        params = np.asarray(_apply(model, variables, "_hyper_params", z))
-      y_hat = _ar_decode(model, variables, tables["y"], strings[1], params, timings)
+        params = hyper_fixed(nets, z)
+      y_hat = _ar_decode(nets, tables["y"], strings[1], params, timings)
       with _net(timings):
         x_hat = np.asarray(_apply(model, variables, "_synthesis", y_hat))
       return np.clip(x_hat[:, :height, :width], 0.0, 1.0)
     with _net(timings):
-      idx, side = _apply(model, variables, "_hyper_decode", z)
-      idx = np.asarray(idx)
+      idx, side = _fx_hyper(model, nets, z)
     with _code(timings):
       y = _decode(strings[1], idx, tables["y"])
   with _net(timings):
@@ -487,50 +594,52 @@ def decompress(model, variables, tables, strings, latent_shapes, height, width,
 _K = 5  # context kernel; the latent is zero-padded by _K // 2 as in CompressAI
 
 
-def _ar_quantize(model, variables, y, params, timings=None):
-  """Serial quantizer of mbt2018 (CompressAI `_compress_ar`): ([(symbols, indexes)
-  per position, row-major], y_hat)."""
+def _ar_quantize(nets: FxNets, y, params, timings=None):
+  """Serial quantizer of mbt2018 (CompressAI `_compress_ar`) in fixed point:
+  ([(symbols, indexes) per position, row-major], y_hat float32). y_hat is kept as
+  integers s·2^ACT_FRAC + μ_fx, exactly what the decoder rebuilds."""
   _, h, w, m = y.shape
   p = _K // 2
-  buf = np.zeros((1, h + 2 * p, w + 2 * p, m), np.float32)
+  buf = np.zeros((h + 2 * p, w + 2 * p, m), np.int64)
+  gc = GaussianConditional()
+  y64 = np.asarray(y, np.float64)
   chunks = []
   for i in range(h):
     for j in range(w):
       with _net(timings):
-        idx, mu = _apply(model, variables, "_ar_step", buf[:, i:i + _K, j:j + _K],
-                         params[:, i:i + 1, j:j + 1])
-        idx, mu = np.asarray(idx), np.asarray(mu, np.float32)
-      s = np.round(y[0, i, j] - mu).astype(np.int32)
-      buf[0, i + p, j + p] = s.astype(np.float32) + mu  # as the decoder will
+        scales, mu = _fx_ar_step(nets, buf[i:i + _K, j:j + _K], params[0, i, j])
+        idx = gc.build_indexes_fixed(scales)
+      s = np.rint(y64[0, i, j] - mu / float(1 << ACT_FRAC)).astype(np.int32)
+      buf[i + p, j + p] = s.astype(np.int64) * (1 << ACT_FRAC) + mu  # as the decoder will
       chunks.append((s, idx))
-  return chunks, buf[:, p:p + h, p:p + w]
+  return chunks, _fx_to_float(buf[None, p:p + h, p:p + w])
 
 
-def _ar_encode(model, variables, t: CdfTables, y, params, timings=None):
+def _ar_encode(nets: FxNets, t: CdfTables, y, params, timings=None):
   """(y string, y_hat): the positions' chunks in one ANS stream, in decoding order."""
-  chunks, y_hat = _ar_quantize(model, variables, y, params, timings)
+  chunks, y_hat = _ar_quantize(nets, y, params, timings)
   with _code(timings):
     return codec.encode_sequence(chunks, t.cdfs, t.cdf_lengths, t.offsets), y_hat
 
 
-def _ar_decode(model, variables, t: CdfTables, data, params, timings=None):
+def _ar_decode(nets: FxNets, t: CdfTables, data, params, timings=None):
   """Serial decoder of mbt2018: y_hat (1, h, w, M) float32."""
-  _, h, w, _ = params.shape
-  m = model.M
+  _, h, w, c = params.shape
+  m = c // 2
   p = _K // 2
-  buf = np.zeros((1, h + 2 * p, w + 2 * p, m), np.float32)
+  buf = np.zeros((h + 2 * p, w + 2 * p, m), np.int64)
+  gc = GaussianConditional()
   dec = codec.SequenceDecoder(data, t.cdfs, t.cdf_lengths, t.offsets)
   for i in range(h):
     for j in range(w):
       with _net(timings):
-        idx, mu = _apply(model, variables, "_ar_step", buf[:, i:i + _K, j:j + _K],
-                         params[:, i:i + 1, j:j + 1])
-        idx, mu = np.asarray(idx), np.asarray(mu, np.float32)
+        scales, mu = _fx_ar_step(nets, buf[i:i + _K, j:j + _K], params[0, i, j])
+        idx = gc.build_indexes_fixed(scales)
       with _code(timings):
         s = dec.next(idx)
-      buf[0, i + p, j + p] = s.astype(np.float32) + mu
+      buf[i + p, j + p] = np.asarray(s, np.int64) * (1 << ACT_FRAC) + mu
   dec.finish()
-  return buf[:, p:p + h, p:p + w]
+  return _fx_to_float(buf[None, p:p + h, p:p + w])
 
 
 def _eval(model, variables, x):
@@ -549,22 +658,31 @@ def estimate_bits(model, variables, x) -> dict[str, float]:
 
 
 def coded_latent(model, variables, x):
-  """mbt2018: the serial coder's y_hat (round(y - μ) + μ, μ from the context of the
-  already quantized neighbours), computed by the encoder alone."""
+  """mbt2018: the serial coder's y_hat (round(y - μ) + μ, μ from the fixed-point
+  context of the already quantized neighbours), computed by the encoder alone."""
   out = _apply(model, variables, "_encode_net", pad(np.asarray(x, np.float32)))
-  params = np.asarray(_apply(model, variables, "_hyper_params", out["z"]))
-  return _ar_quantize(model, variables, np.asarray(out["y_float"]), params)[1]
+  nets = fixed_point_nets(model, variables)
+  params = hyper_fixed(nets, np.asarray(out["z"]))
+  return _ar_quantize(nets, np.asarray(out["y_float"]), params)[1]
 
 
 def reconstruct(model, variables, x):
-  """The eval-mode forward's x_hat, cropped and clipped: what
-  decompress(compress(x)) must reproduce. For mbt2018, g_s of the serial encoder's
-  y_hat (CompressAI's compress path; its parallel forward uses round(y) instead)."""
+  """What decompress(compress(x)) must reproduce, cropped and clipped: the
+  factorized model's eval-mode forward; for hyperpriors g_s of round(y - μ) + μ with
+  the coder's fixed-point μ (0 for the scale hyperprior, where this is the eval-mode
+  forward exactly); for mbt2018 g_s of the serial encoder's y_hat (CompressAI's
+  compress path; its parallel forward uses round(y) instead)."""
   _, h, w, _ = np.shape(x)
   if _is_ar(model):
     x_hat = _apply(model, variables, "_synthesis", coded_latent(model, variables, x))
-    return np.clip(np.asarray(x_hat)[:, :h, :w], 0.0, 1.0)
-  return np.clip(np.asarray(_eval(model, variables, x)["x_hat"])[:, :h, :w], 0.0, 1.0)
+  elif _is_hyper(model):
+    out = _apply(model, variables, "_encode_net", pad(np.asarray(x, np.float32)))
+    _, means = _fx_hyper(model, fixed_point_nets(model, variables), np.asarray(out["z"]))
+    y = _apply(model, variables, "_quantize_y", out["y_float"], means)
+    x_hat = _apply(model, variables, "_decode_net", y, means)
+  else:
+    x_hat = _eval(model, variables, x)["x_hat"]
+  return np.clip(np.asarray(x_hat)[:, :h, :w], 0.0, 1.0)
 
 
 # ------------------------------------------------------- CompressAI state dicts

@@ -13,12 +13,13 @@ Layout is channels-last (NHWC). Quantisation is around the learned medians for t
 factorized model and around the predicted means for the Gaussian, as in CompressAI.
 
 Determinism contract for the coder: an encoder and a decoder must pick the same CDF
-row for every symbol. The row of a Gaussian symbol is chosen from a float scale
-(`build_indexes`), and a float scale that sits exactly at a scale-table boundary may
-round to either side on two machines (different XLA fusion, FMA, BLAS). jaxvision
-therefore computes indexes in one place (`GaussianConditional.build_indexes`, from the
-decoded hyper-latent on both sides) and the coder only ever sees int32 indexes and
-the int32 tables below; it never compares floats itself.
+row for every symbol. A float scale near a scale-table boundary may round to either
+side on two machines (different XLA fusion, FMA, BLAS), so at coding time the scales
+come from fixed-point integer networks (`fx_*` below: integer weights and
+activations, exact int64 / bounded float64 arithmetic) and the row from an integer
+comparison with fixed-point midpoints (`GaussianConditional.build_indexes_fixed`).
+The float `build_indexes` serves training-time checks only. The coder only ever sees
+int32 indexes and the int32 tables below; it never compares floats itself.
 """
 from __future__ import annotations
 
@@ -401,6 +402,21 @@ class GaussianConditional(nn.Module):
     return idx.astype(jnp.int32)
 
   @nn.nowrap
+  def fixed_midpoints(self, frac: int | None = None) -> np.ndarray:
+    """int64 ceil(midpoint·2^frac): a fixed-point scale s (value s·2^-frac) is >= a
+    float32 midpoint m iff s >= ceil(m·2^frac) (m·2^frac is exact in float64)."""
+    frac = ACT_FRAC if frac is None else frac
+    return np.ceil(self.midpoints().astype(np.float64) * float(1 << frac)).astype(np.int64)
+
+  @nn.nowrap
+  def build_indexes_fixed(self, scales_fx, frac: int | None = None) -> np.ndarray:
+    """`build_indexes` for fixed-point scales (int64, `frac` fractional bits,
+    default ACT_FRAC): the number of midpoints <= scale, by integer comparison, so
+    the row is the same on every machine. This is what the coder uses."""
+    mids = self.fixed_midpoints(frac)
+    return np.searchsorted(mids, np.asarray(scales_fx, np.int64), side="right").astype(np.int32)
+
+  @nn.nowrap
   def update(self, precision: int = 16) -> CdfTables:
     """Integer CDF tables, one row per table scale: zero-mean discretised Gaussian on
     [-tail, tail], tail = ceil(σ Φ^-1(1 - tail_mass/2)), plus an escape bin."""
@@ -450,3 +466,148 @@ class MaskedConv(nn.Module):
     y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), pad,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias.astype(x.dtype)
+
+
+# ------------------------------------------------------------- fixed-point nets
+#
+# The coder's CDF choices (hyper-synthesis h_s, and mbt2018's context step) are
+# evaluated on the host in exact integer arithmetic (Ballé, Johnston & Minnen 2019,
+# "Integer networks for data compression with latent-variable models", made
+# pragmatic): a float32 weight w becomes the integer round(w·2^WEIGHT_FRAC), a bias
+# round(b·2^(ACT_FRAC+WEIGHT_FRAC)), an activation the integer a with value a·2^-ACT_FRAC.
+# A layer is acc = Σ a·w + b (exact), then floor((acc + 2^(WEIGHT_FRAC-1)) /
+# 2^WEIGHT_FRAC): rounded half up, the 2^(WEIGHT_FRAC-1) folded into the integer bias
+# so that no layer biases its output downwards. Every step is an IEEE-exact or integer operation, so two machines compute
+# the same integers whatever their BLAS, FMA or summation order.
+
+ACT_FRAC = 12      # fractional bits of activations (resolution 2^-12 ≈ 2.4e-4)
+WEIGHT_FRAC = 16   # fractional bits of weights (resolution 2^-16 ≈ 1.5e-5)
+LEAKY_NUM = 655    # LeakyReLU(0.01) as x·655/2^16 (slope 0.009995), floored
+_F64_EXACT = 1 << 53  # float64 holds every integer below this exactly
+_I64_MAX = (1 << 63) - 1
+
+
+def fx_quantize(x, frac: int) -> np.ndarray:
+  """int64 round(x·2^frac), ties to even: x (float32 or float64) times a power of two
+  is exact in float64, and rint is IEEE-exact, so this is machine-independent."""
+  v = np.asarray(x, np.float64) * float(1 << frac)
+  if not np.all(np.isfinite(v)) or np.any(np.abs(v) >= 2.0 ** 62):
+    raise OverflowError(f"value out of the fixed-point range (2^{62 - frac})")
+  return np.rint(v).astype(np.int64)
+
+
+class FxDense(NamedTuple):
+  """One fixed-point affine map, acc = a @ kernel + bias (int64 (K, O), (O,)).
+
+  `kernel_f64` is the same integers as float64 (for BLAS), `l1` the largest column
+  sum of |kernel| and `bias_max` max|bias|: with max|a| they bound every partial
+  sum of every output, whatever the summation order."""
+
+  kernel: np.ndarray
+  bias: np.ndarray
+  kernel_f64: np.ndarray
+  l1: int
+  bias_max: int
+
+
+def fx_dense(kernel, bias) -> FxDense:
+  """FxDense from float (K, O) kernel and (O,) bias."""
+  k = fx_quantize(kernel, WEIGHT_FRAC)
+  b = fx_quantize(bias, ACT_FRAC + WEIGHT_FRAC) + (1 << (WEIGHT_FRAC - 1))  # see fx_rescale
+  l1 = int(np.abs(k).sum(axis=0).max()) if k.size else 0  # <= 2^62·K: Python int
+  return FxDense(k, b, k.astype(np.float64), l1, int(np.abs(b).max(initial=0)))
+
+
+def fx_matmul(a, layer: FxDense, force_int64: bool = False) -> np.ndarray:
+  """Exact int64 a @ kernel + bias for int64 a (P, K).
+
+  |partial sum| <= max|a|·l1 + bias_max =: bound. Below 2^53 every product and
+  every partial sum (in any order, FMA or not) is an integer float64 represents,
+  so float64 BLAS is exact; otherwise int64 (exact below 2^63), else OverflowError.
+  """
+  amax = int(np.abs(a).max(initial=0))
+  bound = amax * layer.l1 + layer.bias_max  # Python ints: no overflow here
+  if bound > _I64_MAX:
+    raise OverflowError(f"fixed-point layer could reach {bound:.3g} >= 2^63")
+  if bound < _F64_EXACT and not force_int64:
+    acc = a.astype(np.float64) @ layer.kernel_f64
+    return acc.astype(np.int64) + layer.bias
+  return a @ layer.kernel + layer.bias
+
+
+def fx_rescale(acc) -> np.ndarray:
+  """floor(acc / 2^WEIGHT_FRAC): back to ACT_FRAC fractional bits (acc holds the
+  fx_dense bias, which carries the +2^(WEIGHT_FRAC-1) that makes this round)."""
+  return np.right_shift(acc, WEIGHT_FRAC)
+
+
+def fx_relu(a) -> np.ndarray:
+  return np.maximum(a, 0)
+
+
+def fx_leaky(a) -> np.ndarray:
+  """LeakyReLU(≈0.01): negative a -> floor(a·LEAKY_NUM / 2^16)."""
+  if a.size and int(np.abs(a).max()) >= 1 << 52:
+    raise OverflowError("fixed-point activation too large for the leaky slope")
+  return np.where(a < 0, np.right_shift(a * LEAKY_NUM, 16), a)
+
+
+class FxConv(NamedTuple):
+  """A fixed-point k x k conv (or flax ConvTranspose, kernel not flipped) on one
+  (H, W, C) image. A conv holds one im2col kernel (k·k·C_in, C_out); a transposed
+  conv one per output phase (r_y, r_x) (polyphase: output s·q + r only meets the
+  taps t ≡ lo - r mod s, so no products with the dilation's zeros)."""
+
+  parts: tuple  # ((r_y, r_x, off_y, off_x, k_y, k_x, FxDense), ...); one for a conv
+  stride: int
+  padding: tuple[int, int]
+  transpose: bool
+
+
+def fx_conv(kernel, bias, stride: int, padding, transpose: bool = False) -> FxConv:
+  """kernel (k, k, C_in, C_out) HWIO as flax stores it; padding (lo, hi) per side."""
+  kernel = np.asarray(kernel)
+  k = kernel.shape[0]
+  if not transpose:
+    return FxConv(((0, 0, 0, 0, k, k, fx_dense(kernel.reshape(-1, kernel.shape[-1]), bias)),),
+                  stride, tuple(padding), False)
+  lo = padding[0]
+  parts = []
+  for ry in range(stride):
+    for rx in range(stride):
+      ty, tx = (lo - ry) % stride, (lo - rx) % stride  # first tap of this phase
+      sub = kernel[ty::stride, tx::stride]
+      # out[s·q + r] = Σ_u x[q + off + u] · K[t0 + s·u],  off = (r + t0 - lo) / s
+      parts.append((ry, rx, (ry + ty - lo) // stride, (rx + tx - lo) // stride,
+                    sub.shape[0], sub.shape[1], fx_dense(sub.reshape(-1, sub.shape[-1]), bias)))
+  return FxConv(tuple(parts), stride, tuple(padding), True)
+
+
+def _windows(x, ky: int, kx: int, stride: int, pads):
+  """im2col: (H', W', ky·kx·C) patches of x zero-padded by pads ((t, b), (l, r))."""
+  x = np.pad(x, (*pads, (0, 0)))
+  win = np.lib.stride_tricks.sliding_window_view(x, (ky, kx), axis=(0, 1))[::stride, ::stride]
+  ho, wo = win.shape[:2]
+  return win.transpose(0, 1, 3, 4, 2).reshape(ho * wo, -1), (ho, wo)
+
+
+def fx_conv_apply(x, layer: FxConv, force_int64: bool = False) -> np.ndarray:
+  """int64 (H, W, C_in) at ACT_FRAC -> int64 (H', W', C_out) at ACT_FRAC (rounded)."""
+  h, w, _ = x.shape
+  if not layer.transpose:
+    (_, _, _, _, ky, kx, dense), = layer.parts
+    lo, hi = layer.padding
+    cols, (ho, wo) = _windows(x, ky, kx, layer.stride, ((lo, hi), (lo, hi)))
+    return fx_rescale(fx_matmul(cols, dense, force_int64)).reshape(ho, wo, -1)
+  s = layer.stride
+  out = None
+  for ry, rx, oy, ox, ky, kx, dense in layer.parts:
+    # rows q + oy .. q + oy + ky - 1 for q in 0..h-1, zeros outside x
+    pads = ((max(0, -oy), max(0, oy + ky - 1)), (max(0, -ox), max(0, ox + kx - 1)))
+    xs = x[max(0, oy):, max(0, ox):]
+    cols, (ho, wo) = _windows(xs, ky, kx, 1, pads)
+    part = fx_rescale(fx_matmul(cols, dense, force_int64)).reshape(ho, wo, -1)[:h, :w]
+    if out is None:
+      out = np.empty((h * s, w * s, part.shape[-1]), np.int64)
+    out[ry::s, rx::s] = part
+  return out

@@ -89,7 +89,9 @@ def test_train_step_lowers_the_loss(tiny_descriptor):
   x = jnp.asarray(np.random.RandomState(3).rand(2, 16, 16, 3).astype(np.float32))
   x = x.at[1].set(0.5)  # a uniform crop: left out of the loss, no overflow
   params = m.init(jax.random.PRNGKey(0), x)["params"]
-  tx = optax.adam(1e-2)
+  # Measured (rbg keys, seeds 0-2): lr 1e-3 ends 10 steps at 0.42x, 0.009x, 0.02x the first
+  # loss; 1e-2 overshoots on the random tiny descriptor.
+  tx = optax.adam(1e-3)
 
   @jax.jit
   def step(params, opt_state):
@@ -103,7 +105,7 @@ def test_train_step_lowers_the_loss(tiny_descriptor):
     params, opt_state, loss, gnorm = step(params, opt_state)
     assert np.isfinite(float(gnorm))
     losses.append(float(loss))
-  assert losses[-1] < 0.8 * losses[0], losses
+  assert losses[-1] < 0.6 * losses[0], losses
 
 
 def test_train_then_stylize_end_to_end(tmp_path, tfds_dir):

@@ -123,3 +123,27 @@ def test_pnet_trains_on_the_embedded_faces_then_feeds_the_next_stage(tmp_path, t
   s = fd.mine_image(rec, fd.MiningOptions(size=24), np.random.default_rng(0),
                     proposals=fd.propose(img, [stage]))
   assert s["crops"].shape[1:] == (24, 24, 3) and fd.counts_by_category(s)["negative"] > 0
+
+
+def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
+  """12-net, then the 12-calibration net on what the 12-net lets through, both through
+  `python -m train`; `detect-faces --model cascade-cnn` then runs the trained chain."""
+  import sys
+  over = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every": 10,
+          "batch_size": 64, "data.max_images": 30, "data.eval_max_images": 6,
+          "data.eval_batches": 1}
+  args = [f"--config.{k}={v}" for k, v in over.items()]
+  w12, wcal = tmp_path / "12net", tmp_path / "12cal"
+  run([sys.executable, "-m", "train", "--config", "configs/cascade_cnn.py:12net",
+       "--workdir", str(w12)] + args, tfds_dir)
+  p = run([sys.executable, "-m", "train", "--config",
+           f"configs/cascade_cnn.py:12cal,12net={w12}", "--workdir", str(wcal)] + args, tfds_dir)
+  assert "done: step 10" in p.stdout and "corrected_iou" in p.stdout
+  assert json.load(open(wcal / "config.json"))["data"]["previous_stages"] == [str(w12)]
+  img, out = tmp_path / "x.png", tmp_path / "faces.json"
+  from PIL import Image
+  Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 52, 3), np.uint8)).save(img)
+  run([sys.executable, "-m", "jaxvision.cli", "detect-faces", str(img), "--json", str(out),
+       "--model", "cascade-cnn", "--checkpoint", str(wcal)], tfds_dir)
+  faces = json.load(open(out))[str(img)]
+  assert all(f["landmarks"] == [] and 0.0 <= f["score"] <= 1.0 for f in faces)

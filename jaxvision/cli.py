@@ -35,13 +35,28 @@ def _atomic_save_png(array, path: str) -> None:
 
 
 # ---------------------------------------------------------------- enhance
+def _read_rgb_and_alpha(path: str):
+  """(uint8 RGB image, its alpha channel or None) of an image file; bad files -> CliError."""
+  import numpy as np
+  from PIL import Image
+  from jaxvision import data
+  try:
+    image = data.load_image_file(path)
+  except data.DataError as e:
+    raise CliError(str(e)) from None
+  alpha = None
+  with Image.open(path) as im:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+      alpha = np.asarray(im.convert("RGBA"))[..., 3]
+  return image, alpha
+
+
 def enhance(args) -> None:
   import jax
   import numpy as np
-  from PIL import Image
 
   from jaxvision import checkpoint as jv_ckpt
-  from jaxvision import data, models
+  from jaxvision import models
   from jaxvision.models.can import apply_tiled
 
   if not args.output.lower().endswith(".png"):
@@ -55,14 +70,7 @@ def enhance(args) -> None:
   if config.get("task") != "image_to_image":
     raise CliError(f"{args.checkpoint}: a {config.get('task')!r} model, not an image operator")
   model = models.create(config.model.name, **config.model.get("kwargs", {}))
-  try:
-    image = data.load_image_file(args.input)
-  except data.DataError as e:
-    raise CliError(str(e)) from None
-  alpha = None
-  with Image.open(args.input) as im:
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-      alpha = np.asarray(im.convert("RGBA"))[..., 3]
+  image, alpha = _read_rgb_and_alpha(args.input)
 
   if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
     raise CliError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")

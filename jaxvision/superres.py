@@ -207,31 +207,6 @@ def y_ssim(sr, hr, scale: int, quantize_sr: bool = True):
 
 
 # ---------------------------------------------------------------- tiled inference
-def apply_tiled(apply_fn: Callable, image: np.ndarray, *, scale: int, radius: int,
-                tile: int) -> np.ndarray:
-  """Applies `apply_fn((1,h,w,3)) -> (1,s*h,s*w,3)` to LR `image` in tiles of `tile`^2 LR
-  pixels, each computed from a window with `radius` pixels of real context on every side
-  (or reaching the image border, where every convolution pads its own feature map as it
-  does for the whole image). Windows have one shape, so apply_fn compiles once. With
-  radius >= the receptive radius of a local network the result equals the whole-image
-  result (no seams); memory is bounded by the window."""
-  h, w = image.shape[:2]
-  win_h, win_w = min(tile + 2 * radius, h), min(tile + 2 * radius, w)
-  if (win_h, win_w) == (h, w):
-    return np.asarray(apply_fn(image[None]))[0]
-  s = scale
-  out = np.empty((h * s, w * s, 3), np.float32)
-  for y0 in range(0, h, tile):
-    for x0 in range(0, w, tile):
-      y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-      wy0 = min(max(y0 - radius, 0), h - win_h)
-      wx0 = min(max(x0 - radius, 0), w - win_w)
-      res = np.asarray(apply_fn(image[None, wy0:wy0 + win_h, wx0:wx0 + win_w]))[0]
-      out[s * y0:s * y1, s * x0:s * x1] = res[s * (y0 - wy0):s * (y1 - wy0),
-                                              s * (x0 - wx0):s * (x1 - wx0)]
-  return out
-
-
 def upscale(model, variables, image: np.ndarray, *, tile: int | None = None,
             max_pixels: int = 1 << 20, apply_fn: Callable | None = None) -> np.ndarray:
   """(H, W, 3) float in [0, 1] -> (s*H, s*W, 3) float32, clipped to [0, 1].
@@ -245,6 +220,7 @@ def upscale(model, variables, image: np.ndarray, *, tile: int | None = None,
   radius = int(model.receptive_radius())
   if tile is None:
     tile = max(h, w) if h * w <= max_pixels else max(32, int(max_pixels ** 0.5) - 2 * radius)
+  from jaxvision.models.can import apply_tiled  # the CAN operators' tiler, scaled
   y = apply_tiled(apply_fn, np.asarray(image, np.float32), scale=int(model.scale),
                   radius=radius, tile=int(tile))
   return np.clip(y, 0.0, 1.0)
@@ -365,9 +341,7 @@ def _load_sr(workdir: str):
 
 
 def upscale_command(args) -> None:
-  from PIL import Image
-  from jaxvision import data
-  from jaxvision.cli import CliError, _atomic_save_png
+  from jaxvision.cli import CliError, _atomic_save_png, _read_rgb_and_alpha
 
   if not args.output.lower().endswith(".png"):
     raise CliError(f"{args.output}: output must be a .png file")
@@ -376,14 +350,7 @@ def upscale_command(args) -> None:
   if args.tile is not None and args.tile < 1:
     raise CliError(f"--tile {args.tile}: must be a positive number of input pixels")
   config, model, variables, step = _load_sr(args.checkpoint)
-  try:
-    image = data.load_image_file(args.input)
-  except data.DataError as e:
-    raise CliError(str(e)) from None
-  alpha = None
-  with Image.open(args.input) as im:
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-      alpha = np.asarray(im.convert("RGBA"))[..., 3]
+  image, alpha = _read_rgb_and_alpha(args.input)
   t = time.time()
   y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
               max_pixels=args.max_pixels)

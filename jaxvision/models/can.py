@@ -119,8 +119,10 @@ def can32(**kwargs) -> CAN:
   return _make({"width": 32, "depth": 9}, kwargs)
 
 
-def apply_tiled(apply_fn, image: np.ndarray, *, radius: int, tile: int = 512) -> np.ndarray:
-  """Applies a local operator `apply_fn((1,h,w,c)) -> (1,h,w,c')` in overlapping tiles.
+def apply_tiled(apply_fn, image: np.ndarray, *, radius: int, tile: int = 512,
+                scale: int = 1) -> np.ndarray:
+  """Applies a local operator `apply_fn((1,h,w,c)) -> (1,s*h,s*w,c')` in overlapping tiles
+  (`scale` s > 1: an upscaler; tiles and radius are counted in input pixels).
 
   Each tile of at most `tile`x`tile` output pixels is computed from a window that
   holds `radius` pixels of real context on every side, or reaches the image border,
@@ -143,6 +145,8 @@ def apply_tiled(apply_fn, image: np.ndarray, *, radius: int, tile: int = 512) ->
       wx0 = min(max(x0 - radius, 0), w - win_w)
       res = np.asarray(apply_fn(image[None, wy0:wy0 + win_h, wx0:wx0 + win_w]))[0]
       if out is None:
-        out = np.empty((h, w, res.shape[-1]), res.dtype)
-      out[y0:y1, x0:x1] = res[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+        out = np.empty((h * scale, w * scale, res.shape[-1]), res.dtype)
+      s = scale
+      out[s * y0:s * y1, s * x0:s * x1] = res[s * (y0 - wy0):s * (y1 - wy0),
+                                              s * (x0 - wx0):s * (x1 - wx0)]
   return out

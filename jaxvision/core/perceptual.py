@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import weights as jv_weights
-from jaxvision.models import register
+from jaxvision.core import weights as jv_weights
+from jaxvision.core.registry import register_converter, register_model as register
 
 # Channels per block; each block ends with a 2x2 max pool (after the last block too).
 CONFIGS = {
@@ -157,13 +157,13 @@ def convert_state_dict(sd: dict, arch: str = "vgg16", width: float = 1.0) -> dic
   return {"params": params, "preprocess": _preprocess("caffe" if keras else "torch")}
 
 
-@jv_weights.register_converter("vgg16", task="descriptor",
+@register_converter("vgg16", task="descriptor",
                                help="torchvision vgg16 .pth or Keras vgg16 *_notop.h5")
 def convert_vgg16(sd, width: float = 1.0):
   return convert_state_dict(sd, "vgg16", width)
 
 
-@jv_weights.register_converter("vgg19", task="descriptor",
+@register_converter("vgg19", task="descriptor",
                                help="torchvision vgg19 .pth or Keras vgg19 *_notop.h5")
 def convert_vgg19(sd, width: float = 1.0):
   return convert_state_dict(sd, "vgg19", width)
@@ -185,7 +185,7 @@ def _load(weights, arch, width, seed):
     raise ValueError(f"unknown descriptor {arch!r}; choose from: {', '.join(CONFIGS)}")
   if weights:
     if os.path.isdir(weights):  # a `jaxvision convert` workdir
-      from jaxvision import checkpoint as jv_ckpt
+      from jaxvision.core import checkpoint as jv_ckpt
       try:
         config, variables, _ = jv_ckpt.load_variables(weights)
       except jv_ckpt.CheckpointError as e:

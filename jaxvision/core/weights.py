@@ -14,15 +14,14 @@ every `--checkpoint WORKDIR` command reads like a trained one (`save_workdir`).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable
 
 import numpy as np
 
 
-class WeightsError(ValueError):
-  """A weights file that cannot be read or does not fit the model (one line)."""
+from jaxvision.core import registry  # noqa: E402
+from jaxvision.core.errors import WeightsError  # noqa: E402  (re-exported)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -84,38 +83,21 @@ def _load_h5(path: str) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- converters
-@dataclasses.dataclass(frozen=True)
-class Converter:
-  fn: Callable[..., dict]     # (state_dict, **model_kwargs) -> flax variables
-  task: str                   # the trainer task whose commands read the workdir
-  help: str = ""
-
-
-_CONVERTERS: dict[str, Converter] = {}
-
-
-def register_converter(model_name: str, task: str, help: str = ""):
-  """Decorator: `fn(state_dict, **model_kwargs) -> variables` converts for `model_name`."""
-  def deco(fn):
-    _CONVERTERS[model_name] = Converter(fn, task, help)
-    return fn
-  return deco
-
-
-def list_converters() -> list[str]:
-  import jaxvision.models  # noqa: F401  (families register on import)
-  return sorted(_CONVERTERS)
-
-
 def convert(model_name: str, path_or_state_dict, **model_kwargs) -> dict:
-  """Flax variables for `model_name` from a file path or an already loaded state dict."""
-  import jaxvision.models  # noqa: F401
-  if model_name not in _CONVERTERS:
+  """Flax variables for `model_name` from a file path or an already loaded state dict.
+
+  The converters live in each family's `convert.py` (registered in
+  `jaxvision.core.registry`); the entry points import the families first."""
+  conv = registry.get_converter(model_name)
+  if conv is None:
     raise WeightsError(f"no converter for model {model_name!r}; converters exist for: "
-                       f"{', '.join(list_converters()) or 'none'}")
-  sd = (load_state_dict(path_or_state_dict) if isinstance(path_or_state_dict, (str, os.PathLike))
-        else dict(path_or_state_dict))
-  return _CONVERTERS[model_name].fn(sd, **model_kwargs)
+                       f"{', '.join(registry.list_converters()) or 'none'}")
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    path = os.fspath(path_or_state_dict)
+    sd = conv.load(path) if conv.load is not None else load_state_dict(path)
+  else:
+    sd = path_or_state_dict if conv.load is not None else dict(path_or_state_dict)
+  return conv.fn(sd, **model_kwargs)
 
 
 def take(sd: dict[str, np.ndarray], key: str, shape: tuple | None = None) -> np.ndarray:
@@ -146,7 +128,7 @@ def save_workdir(workdir: str, variables: dict, *, task: str, model_name: str,
   import jax
   import ml_collections
   import orbax.checkpoint as ocp
-  from jaxvision import checkpoint as jv_ckpt
+  from jaxvision.core import checkpoint as jv_ckpt
 
   ckdir = os.path.join(os.path.abspath(workdir), jv_ckpt.CHECKPOINT_DIR)
   if os.path.isdir(ckdir) and os.listdir(ckdir):

@@ -1,4 +1,4 @@
-"""Perceptual losses over descriptor features (dicts {layer: NHWC activations}).
+"""Losses: pixel losses, and perceptual losses over descriptor features (dicts {layer: NHWC activations}).
 
 Normalisations follow jcjohnson/fast-neural-style (the reference of Johnson et al. 2016):
   content   mean over N,H,W,C of (phi_j(y) - phi_j(x))^2 at one layer (relu2_2)
@@ -7,6 +7,7 @@ Normalisations follow jcjohnson/fast-neural-style (the reference of Johnson et a
   tv        mean of squared horizontal plus mean of squared vertical differences
   histogram (Wilmot et al. 2017) mean of (O - R)^2, R = O remapped per image and channel to
             the style activations' distribution (R held constant), summed over layers.
+  pixel     mse, l1 or charbonnier (sqrt(d^2 + 1e-6)) between two images
 All are pure jnp functions; jit them inside the training step.
 """
 from __future__ import annotations
@@ -104,3 +105,17 @@ def histogram_loss(feats: Features, targets: Mapping[str, jnp.ndarray],
     r = jax.lax.stop_gradient(histogram_match(o, targets[l]))
     total = total + jnp.mean(jnp.square(o - r))
   return total
+
+
+PIXEL_LOSSES = ("mse", "l1", "charbonnier")
+
+
+def pixel_loss(kind: str, pred, target) -> jnp.ndarray:
+  d = pred - target
+  if kind == "mse":
+    return jnp.mean(d * d)
+  if kind == "l1":
+    return jnp.mean(jnp.abs(d))
+  if kind == "charbonnier":
+    return jnp.mean(jnp.sqrt(d * d + 1e-6))
+  raise ValueError(f"unknown loss {kind!r}; choose from: {', '.join(PIXEL_LOSSES)}")

@@ -22,8 +22,8 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(RuntimeError):
-  pass
+from jaxvision.core.errors import CheckpointError  # noqa: E402  (re-exported)
+from jaxvision.core.io import atomic_write_text  # noqa: E402
 
 
 def manager(workdir: str, *, keep: int = 3, async_save: bool = True,
@@ -70,17 +70,20 @@ def restore_with_fallback(mngr: ocp.CheckpointManager,
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  from jaxvision.data import atomic_write
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  atomic_write(os.path.join(workdir, CONFIG_FILE), lambda f: f.write(text), binary=False)
+  atomic_write_text(os.path.join(workdir, CONFIG_FILE), text)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise CheckpointError(f"{workdir}: not a jaxvision workdir (no {CONFIG_FILE})")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise CheckpointError(f"{path}: not a readable config ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
 def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
@@ -111,3 +114,24 @@ def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
   state = restored["state"]
   variables = {"params": state["params"], **(state.get("model_state") or {})}
   return config, variables, step
+
+
+def load_model(workdir: str, task: str | tuple[str, ...] | None = None, what: str = "model"):
+  """(config, model, variables, step) of a workdir: the one loader every command uses.
+
+  `task`: the trainer task (or tasks) the workdir must hold; another is a one-line
+  `CheckpointError` ("a 'compression' model, not an image operator"), as is a config
+  whose model the registry does not know or whose parameters do not fit it."""
+  from jaxvision.core import registry
+  config, variables, step = load_variables(workdir)
+  tasks = (task,) if isinstance(task, str) else task
+  if tasks and config.get("task") not in tasks:
+    raise CheckpointError(f"{workdir}: a {config.get('task')!r} model, not {what}")
+  try:
+    name = config.model.name
+    model = registry.create_model(name, **dict(config.model.get("kwargs", None) or {}))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{workdir}: config.json names no usable model "
+                          f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+                          ) from None
+  return config, model, variables, step

@@ -1,0 +1,66 @@
+"""`jaxvision enhance` (apply a trained image operator) and `jaxvision operators`."""
+from __future__ import annotations
+
+import time
+
+from jaxvision.core.errors import UserError
+from jaxvision.core.registry import register_commands
+
+
+def enhance(args) -> None:
+  import os
+
+  import jax
+  import numpy as np
+
+  from jaxvision.core import checkpoint, io, tiling
+
+  if not args.output.lower().endswith(".png"):
+    raise UserError(f"{args.output}: output must be a .png file")
+  if not os.path.exists(args.input):
+    raise UserError(f"{args.input}: no such file")
+  config, model, variables, step = checkpoint.load_model(args.checkpoint, "image_to_image",
+                                                         "an image operator")
+  image, alpha = io.read_image(args.input)
+
+  if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
+    raise UserError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
+  radius = model.receptive_radius()
+  fn = jax.jit(lambda x: model.apply(variables, x, train=False))
+  x = image.astype(np.float32) / 255.0
+  t = time.time()
+  h, w = image.shape[:2]
+  tile = args.tile
+  if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
+    tile = max(h, w) if h * w <= args.max_pixels else max(
+        64, int(args.max_pixels ** 0.5) - 2 * radius)
+  y = io.to_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile))
+  if alpha is not None:
+    y = np.concatenate([y, alpha[..., None]], axis=-1)
+  io.write_png(args.output, y)
+  print(f"{args.input} -> {args.output}: {w}x{h}, {config.data.get('operator', '')} "
+        f"(checkpoint step {step}), {time.time() - t:.2f}s")
+
+
+def list_operators(args) -> None:
+  from jaxvision.can import operators
+  print("\n".join(operators.list_operators()))
+
+
+def add(sub) -> None:
+  p = sub.add_parser("enhance", help="apply a trained image operator (CAN) to a photo",
+                     description="Applies a trained image-to-image network to any image "
+                     "size, in overlapping tiles so memory stays bounded (no seams).")
+  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
+                 help="workdir of a `python -m train` run")
+  p.add_argument("--input", required=True, metavar="IN", help="input image (any format Pillow reads)")
+  p.add_argument("--output", required=True, metavar="OUT.png")
+  p.add_argument("--tile", type=int, default=None,
+                 help="output pixels per tile side (default: from --max-pixels)")
+  p.add_argument("--max-pixels", type=float, default=4e6,
+                 help="largest window the network sees at once (default 4e6); bounds memory")
+  p.set_defaults(func=enhance)
+  sub.add_parser("operators", help="list image operators").set_defaults(func=list_operators)
+
+
+register_commands(add)

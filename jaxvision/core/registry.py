@@ -1,0 +1,112 @@
+"""The one registry: models, weight converters, trainer tasks and CLI commands, by name.
+
+A leaf module (as timm's and CompressAI's registries are): it imports nothing of
+jaxvision, families import it and fill it when they are imported, and the entry
+points (`jaxvision.models`, `jaxvision.cli`, `train`) import `jaxvision.families`
+first so that every family has registered.
+
+    @register_model("can24")                      # fn(**kwargs) -> flax.linen.Module
+    @register_converter("edsr", task="superres")  # fn(state_dict, **kwargs) -> variables
+    register_task("superres", Task(...))          # what the generic trainer trains
+    register_commands(add)                        # add(subparsers): a family's subcommands
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable
+
+_MODELS: dict[str, Callable[..., Any]] = {}
+_CONVERTERS: dict[str, "Converter"] = {}
+_TASKS: dict[str, Any] = {}
+_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _unknown(kind: str, name: str, known) -> str:
+  close = difflib.get_close_matches(name, list(known), n=3)
+  hint = f" (did you mean {', '.join(close)}?)" if close else ""
+  return f"unknown {kind} {name!r}{hint}; registered: {', '.join(sorted(known)) or 'none'}"
+
+
+# ---------------------------------------------------------------- models
+def register_model(name: str):
+  """Decorator: registers `fn(**kwargs) -> nn.Module` under `name`."""
+
+  def deco(fn):
+    if name in _MODELS:
+      raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+  return deco
+
+
+def list_models() -> list[str]:
+  return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs):
+  """The registered model `name` built with `kwargs` (an un-initialised linen Module)."""
+  if name not in _MODELS:
+    raise ValueError(_unknown("model", name, _MODELS))
+  return _MODELS[name](**kwargs)
+
+
+# ---------------------------------------------------------------- converters
+@dataclasses.dataclass(frozen=True)
+class Converter:
+  fn: Callable[..., dict]     # (state_dict, **model_kwargs) -> flax variables
+  task: str                   # the trainer task whose commands read the workdir
+  help: str = ""
+  # Reads a file or folder itself instead of a generic state dict (formats that are
+  # not a flat {name: array}, e.g. the MTCNN packages' three files); None: the generic
+  # safe readers of jaxvision.core.weights.
+  load: Callable[[str], Any] | None = None
+
+
+def register_converter(model_name: str, task: str, help: str = "",
+                       load: Callable[[str], Any] | None = None):
+  """Decorator: `fn(state_dict, **model_kwargs) -> variables` converts for `model_name`."""
+
+  def deco(fn):
+    _CONVERTERS[model_name] = Converter(fn, task, help, load)
+    return fn
+
+  return deco
+
+
+def list_converters() -> list[str]:
+  return sorted(_CONVERTERS)
+
+
+def get_converter(model_name: str) -> Converter | None:
+  return _CONVERTERS.get(model_name)
+
+
+# ---------------------------------------------------------------- tasks
+def register_task(name: str, task) -> None:
+  if name in _TASKS:
+    raise ValueError(f"task {name!r} is registered twice")
+  _TASKS[name] = task
+
+
+def get_task(name: str):
+  if name not in _TASKS:
+    raise ValueError(_unknown("task", name, _TASKS))
+  return _TASKS[name]
+
+
+def list_tasks() -> list[str]:
+  return sorted(_TASKS)
+
+
+# ---------------------------------------------------------------- commands
+def register_commands(add: Callable[[Any], None]) -> Callable[[Any], None]:
+  """`add(subparsers)` adds a family's subcommands to the `jaxvision` command line."""
+  if add not in _COMMANDS:
+    _COMMANDS.append(add)
+  return add
+
+
+def command_adders() -> list[Callable[[Any], None]]:
+  return list(_COMMANDS)

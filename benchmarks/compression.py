@@ -34,8 +34,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import numpy as np  # noqa: E402
 
-from jaxvision import codec  # noqa: E402
-from jaxvision.models.compression_layers import GaussianConditional  # noqa: E402
+from jaxvision.compression import coding  # noqa: E402
+from jaxvision.compression.layers import GaussianConditional  # noqa: E402
 
 
 def _image(h, w):
@@ -54,8 +54,8 @@ def bench_ours(name, quality, nm, x, reps):
   import jax
   import jax.numpy as jnp
   from jaxvision import models
-  from jaxvision.models import compression as C
-  from jaxvision.models.compression_layers import EntropyBottleneck
+  from jaxvision.compression import tables as T
+  from jaxvision.compression.layers import EntropyBottleneck
   kw = {"N": nm[0], "M": nm[1]} if nm else {}
   model = models.create(name, quality=quality, **kw)
   t = time.perf_counter()
@@ -65,20 +65,20 @@ def bench_ours(name, quality, nm, x, reps):
   eb = p["entropy_bottleneck"]
   p["entropy_bottleneck"] = EntropyBottleneck(eb["quantiles"].shape[0]).solve_quantiles(eb)
   variables = {"params": p}
-  tables = C.update(model, variables)
+  tables = T.update(model, variables)
   setup_s = time.perf_counter() - t
   h, w = x.shape[1:3]
   t = time.perf_counter()
-  strings, shapes = C.compress(model, variables, tables, x)  # compiles
-  C.decompress(model, variables, tables, strings, shapes, h, w)
+  strings, shapes = coding.compress(model, variables, tables, x)  # compiles
+  coding.decompress(model, variables, tables, strings, shapes, h, w)
   compile_s = time.perf_counter() - t
   enc, dec = [], []
   for _ in range(reps):
-    te, td = C.Timings(), C.Timings()
+    te, td = coding.Timings(), coding.Timings()
     t = time.perf_counter()
-    strings, shapes = C.compress(model, variables, tables, x, timings=te)
+    strings, shapes = coding.compress(model, variables, tables, x, timings=te)
     t1 = time.perf_counter()
-    C.decompress(model, variables, tables, strings, shapes, h, w, timings=td)
+    coding.decompress(model, variables, tables, strings, shapes, h, w, timings=td)
     t2 = time.perf_counter()
     enc.append((t1 - t, te.network, te.coding))
     dec.append((t2 - t1, td.network, td.coding))
@@ -182,16 +182,16 @@ def bench_coder(n_symbols, reps):
   enc, dec = [], []
   for _ in range(reps):
     t = time.perf_counter()
-    data = codec.encode(vals, idx, cdfs, lengths, offsets)
+    data = coding.encode(vals, idx, cdfs, lengths, offsets)
     enc.append(time.perf_counter() - t)
     t = time.perf_counter()
-    back = codec.decode(data, idx, cdfs, lengths, offsets)
+    back = coding.decode(data, idx, cdfs, lengths, offsets)
     dec.append(time.perf_counter() - t)
   assert np.array_equal(back, vals)
   freqs = np.diff(cdfs, axis=1)
   direct = ~far & (vals - offsets[idx] >= 0) & (vals - offsets[idx] <= lengths[idx] - 3)
   ideal = -np.log2(freqs[idx[direct], (vals - offsets[idx])[direct]] / 65536.0).sum()
-  return {"what": "entropy coder (constriction ANS via jaxvision.codec)",
+  return {"what": "entropy coder (constriction ANS via jaxvision.compression.coding)",
           "symbols": n_symbols, "escaped": int((~direct).sum()),
           "encode_symbols_per_s": round(n_symbols / min(enc)),
           "decode_symbols_per_s": round(n_symbols / min(dec)),

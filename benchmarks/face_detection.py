@@ -55,8 +55,8 @@ def _time(fn, repeats: int) -> float:
 
 def run_ours(sizes, repeats, batch):
   import jax
-  from jaxvision import faces
-  det = faces.mtcnn_detector()
+  from jaxvision.faces.detector import mtcnn_detector
+  det = mtcnn_detector()
   out = {}
   for h, w in sizes:
     x = test_image(h, w)[None]

@@ -1,6 +1,7 @@
 """Development only: run a reference MTCNN on real photos and write its detections.
 
-    /work/refvenv/bin/python benchmarks/face_reference.py --out tests/data/mtcnn_reference.json
+    /work/refvenv/bin/python benchmarks/face_reference.py \
+        --out tests/faces/data/mtcnn_reference.json
 
 The reference is facenet-pytorch's `detect_face` (a port of davidsandberg/facenet's
 align/detect_face.py, itself a port of the original MATLAB demo) with its own copies of
@@ -9,13 +10,9 @@ and facenet-pytorch (not jaxvision's dependencies); torchvision is shimmed with 
 re-implementation of `torchvision.ops.batched_nms` (greedy IoU NMS, stable descending
 sort) because only that function is used.
 
-The photos (`photos()`) are built from scikit-image's bundled data files with numpy and
-Pillow only, so the reference venv (no scikit-image) and the tests build identical pixels:
-  astronaut   skimage astronaut.png (512x512 RGB, one face)
-  camera      skimage camera.png (512x512 grey, one face) as grey
-  lfw_mosaic  six LFW faces from lfw_subset.npy, upscaled 3x (nearest), on a 420x300 canvas
-  wide        astronaut's upper half next to two LFW faces: 700x256 (extreme-ish aspect)
-  coffee      skimage coffee.png (no face)
+The photos are `tests/faces/reference.py`'s `photos()` (numpy and Pillow only, so this venv
+without scikit-image and the tests build identical pixels): astronaut, camera (grey),
+lfw_mosaic, wide, coffee.
 """
 from __future__ import annotations
 
@@ -29,42 +26,21 @@ import types
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def skimage_data_dir() -> str:
-  spec = importlib.util.find_spec("skimage")
-  if spec is not None and spec.submodule_search_locations:
-    return os.path.join(list(spec.submodule_search_locations)[0], "data")
-  here = os.path.dirname(os.path.abspath(__file__))  # the project's venv
-  import glob
-  found = glob.glob(os.path.join(here, "..", ".venv", "lib", "python*", "site-packages",
-                                 "skimage", "data"))
-  if not found:
-    raise SystemExit("scikit-image's data folder not found")
-  return found[0]
+
+def _reference():
+  """tests/faces/reference.py, loaded by path (this venv need not import jaxvision)."""
+  spec = importlib.util.spec_from_file_location(
+      "face_photos", os.path.join(ROOT, "tests", "faces", "reference.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
 
 
 def photos(data_dir: str | None = None) -> dict[str, np.ndarray]:
-  """{name: uint8 array (H, W, 3) or (H, W) for grey}: deterministic real photos."""
-  from PIL import Image
-  d = data_dir or skimage_data_dir()
-  load = lambda n: np.asarray(Image.open(os.path.join(d, n)))
-  astro = load("astronaut.png")[..., :3]
-  camera = load("camera.png")
-  lfw = np.load(os.path.join(d, "lfw_subset.npy"))[:100]  # 100 faces, 25x25 floats in [0, 1]
-  face = lambda i: np.repeat(np.repeat((lfw[i] * 255).round().astype(np.uint8), 3, 0), 3, 1)
-  mosaic = np.full((300, 420), 128, np.uint8)
-  for k, i in enumerate((0, 7, 19, 33, 52, 77)):
-    r, c = divmod(k, 3)
-    y, x = 40 + r * 130, 25 + c * 135
-    mosaic[y:y + 75, x:x + 75] = face(i)
-  mosaic = np.repeat(mosaic[..., None], 3, -1)
-  wide = np.full((256, 700, 3), 90, np.uint8)
-  wide[:, :512] = astro[:256]
-  wide[80:155, 540:615] = face(3)[..., None]
-  wide[100:175, 615:690] = face(41)[..., None]
-  coffee = load("coffee.png")[..., :3]
-  return {"astronaut": astro, "camera": camera, "lfw_mosaic": mosaic, "wide": wide,
-          "coffee": coffee}
+  """{name: uint8 array (H, W, 3) or (H, W) for grey}: the reference photos."""
+  return _reference().photos(data_dir)
 
 
 def _shim_torchvision():
@@ -142,7 +118,7 @@ def facenet_detector(threads: int | None = None):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--out", default="tests/data/mtcnn_reference.json")
+  ap.add_argument("--out", default="tests/faces/data/mtcnn_reference.json")
   ap.add_argument("--skimage-data", default=None, help="scikit-image's data folder")
   args = ap.parse_args()
   detect, ref = facenet_detector()

@@ -23,7 +23,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxvision import models  # noqa: E402
+from jaxvision.core.registry import create_model  # noqa: E402
+from jaxvision.superres import models as _sr_models  # noqa: E402,F401  (registers them)
 
 QUICK_KWARGS = {
     "espcn": {"features": (16, 8)},
@@ -37,7 +38,7 @@ QUICK_KWARGS = {
 
 
 def bench(name, scale, kwargs, batch, patch, steps, infer, dtype):
-  model = models.create(name, scale=scale, dtype=dtype, **kwargs)
+  model = create_model(name, scale=scale, dtype=dtype, **kwargs)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(size=(batch, patch, patch, 3)), jnp.float32)
   y = jnp.asarray(rng.uniform(size=(batch, patch * scale, patch * scale, 3)), jnp.float32)

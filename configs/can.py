@@ -24,20 +24,11 @@ Every key can be overridden: --config.total_steps=1000 --config.data.dataset=fol
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 
 def get_config(arg: str = "dehaze") -> ml_collections.ConfigDict:
-  opts = dict(operator="dehaze", preset="cpu")
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    if "=" in part:
-      k, v = part.split("=", 1)
-      opts[k.strip()] = v.strip()
-    elif i == 0:
-      opts["operator"] = part.strip()
-    else:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-  unknown = set(opts) - {"operator", "preset"}
-  if unknown:
-    raise ValueError(f"unknown config argument(s): {', '.join(sorted(unknown))}")
+  opts = parse_arg(arg, first="operator", operator="dehaze", preset="cpu")
 
   c = ml_collections.ConfigDict()
   c.task = "image_to_image"

@@ -22,23 +22,15 @@ reports 85.1% FDDB recall at 87% precision... from secondary notes).
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 NETS = ("12net", "12cal", "24net", "24cal", "48net", "48cal")
 THRESHOLDS = {"12net": 0.5, "24net": 0.5, "48net": 0.5}
 
 
 def get_config(arg: str = "12net") -> ml_collections.ConfigDict:
-  opts = dict(net="12net", data="faces", preset="cpu", **{n: "" for n in NETS})
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    if "=" in part:
-      k, v = part.split("=", 1)
-      opts[k.strip()] = v.strip()
-    elif i == 0:
-      opts["net"] = part.strip()
-    else:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-  unknown = set(opts) - {"net", "data", "preset", *NETS}
-  if unknown:
-    raise ValueError(f"unknown config argument(s): {', '.join(sorted(unknown))}")
+  opts = parse_arg(arg, first="net", net="12net", data="faces", preset="cpu",
+                   **{n: "" for n in NETS})
   net = opts["net"]
   if net not in NETS:
     raise ValueError(f"unknown Cascade CNN net {net!r}; choose from: {', '.join(NETS)}")

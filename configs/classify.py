@@ -27,6 +27,8 @@ Every key can be overridden: --config.optimizer.learning_rate=0.05 --config.tota
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 DATA = {
     "digits": dict(num_classes=10, image_size=32, augment="pad_crop", pad=2, flips=False,
                    train_split="train", eval_split="test", crop_fraction=1.0,
@@ -45,24 +47,9 @@ DATA = {
 }
 
 
-def _parse(arg: str) -> dict:
-  opts = dict(model="resnet18", data="digits", preset="cpu", opt="sgd", schedule="")
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    if "=" in part:
-      k, v = part.split("=", 1)
-      opts[k.strip()] = v.strip()
-    elif i == 0:
-      opts["model"] = part.strip()
-    else:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-  unknown = set(opts) - {"model", "data", "preset", "opt", "schedule"}
-  if unknown:
-    raise ValueError(f"unknown config argument(s): {', '.join(sorted(unknown))}")
-  return opts
-
-
 def get_config(arg: str = "model=resnet18,data=digits") -> ml_collections.ConfigDict:
-  o = _parse(arg)
+  o = parse_arg(arg, first="model", model="resnet18", data="digits", preset="cpu", opt="sgd",
+                schedule="")
   if o["data"] not in DATA:
     raise ValueError(f"data {o['data']!r}: choose from {', '.join(DATA)}")
   if o["preset"] not in ("cpu", "paper"):

@@ -20,9 +20,11 @@ Presets
         hyperprior 0.320 / 30.97, mean-scale 0.307 / 31.13.
 
 The integer CDF tables are built from the trained parameters by
-`jaxvision.models.compression.update` (deterministic; float64 host arithmetic).
+`jaxvision.compression.tables.update` (deterministic; float64 host arithmetic).
 """
 import ml_collections
+
+from configs.common import parse_arg
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483,
            7: 0.0932, 8: 0.1800}
@@ -31,16 +33,8 @@ MS_SSIM_LAMBDAS = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 1
 
 
 def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collections.ConfigDict:
-  opts = {"model": "bmshj2018-hyperprior", "quality": "3", "preset": "cpu",
-          "distortion": "mse"}
-  for part in (p for p in (arg or "").split(",") if p):
-    if "=" not in part:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-    k, v = part.split("=", 1)
-    if k.strip() not in opts:
-      raise ValueError(f"unknown config argument {k!r}; use model=, quality=, preset=, "
-                       "distortion=")
-    opts[k.strip()] = v.strip()
+  opts = parse_arg(arg, model="bmshj2018-hyperprior", quality="3", preset="cpu",
+                   distortion="mse")
   q = int(opts["quality"])
   if q not in LAMBDAS:
     raise ValueError(f"quality must be 1..8, got {q}")

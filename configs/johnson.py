@@ -31,23 +31,15 @@ divide style_weight by ~3400 to keep the balance. Every key can be overridden:
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 ARGS = ("style", "descriptor_weights", "preset", "arch")
 
 
 def parse(arg: str, defaults: dict) -> dict:
-  opts = dict(defaults)
-  for part in (p for p in (arg or "").split(",") if p):
-    if "=" not in part:
-      if "preset" in opts and part.strip() in ("cpu", "paper"):
-        opts["preset"] = part.strip()
-        continue
-      raise ValueError(f"config argument {part!r}: expected key=value")
-    k, v = part.split("=", 1)
-    if k.strip() not in defaults:
-      raise ValueError(f"unknown config argument {k.strip()!r}; choose from: "
-                       f"{', '.join(defaults)}")
-    opts[k.strip()] = v.strip()
-  return opts
+  """The shared parser; a bare cpu/paper sets the preset (kept: texture_net.py uses it)."""
+  return parse_arg(arg, bare={"cpu": "preset", "paper": "preset"} if "preset" in defaults
+                   else None, **defaults)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -25,28 +25,14 @@ hardest 70% of the classification losses. Every key can be overridden: --config.
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 STAGES = {"pnet": (12, "mtcnn-pnet", 0.6), "rnet": (24, "mtcnn-rnet", 0.7),
           "onet": (48, "mtcnn-onet", 0.7)}
 
 
-def _parse(arg: str, first: str, defaults: dict) -> dict:
-  opts = dict(defaults)
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    if "=" in part:
-      k, v = part.split("=", 1)
-      opts[k.strip()] = v.strip()
-    elif i == 0:
-      opts[first] = part.strip()
-    else:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-  unknown = set(opts) - set(defaults)
-  if unknown:
-    raise ValueError(f"unknown config argument(s): {', '.join(sorted(unknown))}")
-  return opts
-
-
 def get_config(arg: str = "pnet") -> ml_collections.ConfigDict:
-  opts = _parse(arg, "stage", dict(stage="pnet", data="faces", preset="cpu", pnet="", rnet=""))
+  opts = parse_arg(arg, first="stage", stage="pnet", data="faces", preset="cpu", pnet="", rnet="")
   stage = opts["stage"]
   if stage not in STAGES:
     raise ValueError(f"unknown MTCNN stage {stage!r}; choose from: pnet, rnet, onet")

@@ -26,9 +26,11 @@ Every key can be overridden: --config.total_steps=1000 --config.data.dataset=fol
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 # Small widths/depths for the cpu preset (full sizes are each factory's defaults).
 CPU_KWARGS = {
-    "espcn": {"features": (64, 32), "residual": True},  # residual: see models/superres.py
+    "espcn": {"features": (64, 32), "residual": True},  # residual: see jaxvision/superres/models.py
     "edsr_baseline": {"n_resblocks": 4, "n_feats": 32},
     "edsr": {"n_resblocks": 4, "n_feats": 48, "res_scale": 0.1},
     "wdsr_a": {"n_resblocks": 4, "n_feats": 16},
@@ -40,15 +42,7 @@ LOSSES = {"espcn": "mse", "johnson_sr": "perceptual"}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  opts = dict(model="espcn", scale="", preset="cpu")
-  for part in (p for p in (arg or "").split(",") if p):
-    if "=" not in part:
-      raise ValueError(f"config argument {part!r}: expected key=value (model=, scale=, preset=)")
-    k, v = part.split("=", 1)
-    opts[k.strip()] = v.strip()
-  unknown = set(opts) - {"model", "scale", "preset"}
-  if unknown:
-    raise ValueError(f"unknown config argument(s): {', '.join(sorted(unknown))}")
+  opts = parse_arg(arg, model="espcn", scale="", preset="cpu")
   name, preset = opts["model"], opts["preset"]
   if name not in CPU_KWARGS:
     raise ValueError(f"unknown SR model {name!r}; choose from: {', '.join(CPU_KWARGS)}")

@@ -25,13 +25,7 @@ Presets
 
 Every key can be overridden: --config.style.style_weight=1e4 --config.model.kwargs.scales=6
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "_johnson_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "johnson.py"))
-_johnson = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_johnson)
+from configs import johnson as _johnson
 
 
 def get_config(arg: str = ""):

@@ -1,335 +1,71 @@
-"""The `jaxvision` command line. Each family adds its subcommands to COMMANDS.
+"""The `jaxvision` command line: argparse only; each family adds its subcommands.
 
   jaxvision enhance --checkpoint WORKDIR --input IN --output OUT.png
   jaxvision compress --checkpoint WORKDIR IN OUT.jvc
   jaxvision decompress --checkpoint WORKDIR IN.jvc OUT.png
   jaxvision rd [--checkpoint WORKDIR]... [--data photos|folder:/p|TFDS] [IMAGE...] --out DIR
+  jaxvision detect-faces IMAGE... [--json OUT] [--draw DIR]
+  jaxvision classify / stylize / upscale / sr-eval ...
   jaxvision convert --model NAME IN.pth OUT_WORKDIR   (other frameworks' weights)
   jaxvision models            (list registered models)
   jaxvision operators         (list image operators)
 
-Families with their own commands (detect-faces, stylize, upscale, ...) define
-`add_commands(subparsers)` in their module, listed in FAMILY_MODULES.
+Every family's `commands.py` registers an `add(subparsers)` function in
+`jaxvision.core.registry`; this module only builds the parser from them and catches
+`jaxvision.core.errors.UserError` once: one line on stderr, exit status 1.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import ast
 import os
 import sys
-import time
 
+from jaxvision import families
+from jaxvision.core import registry
+from jaxvision.core.errors import UserError, first_line
 
-class CliError(Exception):
-  """A one-line error for the user; exit status 1."""
-
-
-def _atomic_save_png(array, path: str) -> None:
-  """The output appears whole or not at all (no half-written file on error)."""
-  from PIL import Image
-  from jaxvision.data import atomic_write
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise CliError(f"{path}: output folder {folder} does not exist")
-  atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
-
-
-# ---------------------------------------------------------------- enhance
-def _read_rgb_and_alpha(path: str):
-  """(uint8 RGB image, its alpha channel or None) of an image file; bad files -> CliError."""
-  import numpy as np
-  from PIL import Image
-  from jaxvision import data
-  try:
-    image = data.load_image_file(path)
-  except data.DataError as e:
-    raise CliError(str(e)) from None
-  alpha = None
-  with Image.open(path) as im:
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-      alpha = np.asarray(im.convert("RGBA"))[..., 3]
-  return image, alpha
-
-
-def enhance(args) -> None:
-  import jax
-  import numpy as np
-
-  from jaxvision import checkpoint as jv_ckpt
-  from jaxvision import models
-  from jaxvision.models.can import apply_tiled
-
-  if not args.output.lower().endswith(".png"):
-    raise CliError(f"{args.output}: output must be a .png file")
-  if not os.path.exists(args.input):
-    raise CliError(f"{args.input}: no such file")
-  try:
-    config, variables, step = jv_ckpt.load_variables(args.checkpoint)
-  except jv_ckpt.CheckpointError as e:
-    raise CliError(str(e)) from None
-  if config.get("task") != "image_to_image":
-    raise CliError(f"{args.checkpoint}: a {config.get('task')!r} model, not an image operator")
-  model = models.create(config.model.name, **config.model.get("kwargs", {}))
-  image, alpha = _read_rgb_and_alpha(args.input)
-
-  if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
-    raise CliError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
-  radius = model.receptive_radius()
-  fn = jax.jit(lambda x: model.apply(variables, x, train=False))
-  x = image.astype(np.float32) / 255.0
-  t = time.time()
-  h, w = image.shape[:2]
-  tile = args.tile
-  if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
-    tile = max(h, w) if h * w <= args.max_pixels else max(
-        64, int(args.max_pixels ** 0.5) - 2 * radius)
-  y = apply_tiled(fn, x, radius=radius, tile=tile)
-  y = (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-  if alpha is not None:
-    y = np.concatenate([y, alpha[..., None]], axis=-1)
-  _atomic_save_png(y, args.output)
-  print(f"{args.input} -> {args.output}: {w}x{h}, {config.data.get('operator', '')} "
-        f"(checkpoint step {step}), {time.time() - t:.2f}s")
-
-
-# ---------------------------------------------------------------- compress / decompress
-def _codec_from_checkpoint(workdir):
-  from jaxvision import checkpoint as jv_ckpt
-  from jaxvision import models
-  from jaxvision.models import compression as C
-  try:
-    config, variables, step = jv_ckpt.load_variables(workdir)
-  except jv_ckpt.CheckpointError as e:
-    raise CliError(str(e)) from None
-  if config.get("task") != "compression":
-    raise CliError(f"{workdir}: a {config.get('task')!r} model, not a codec")
-  model = models.create(config.model.name, **config.model.kwargs)
-  # Integer CDF tables of this checkpoint step: built once (float64 host arithmetic,
-  # deterministic) and saved beside the checkpoint, then always read from there.
-  try:
-    tables = C.checkpoint_tables(workdir, step, model, variables)
-  except (ValueError, OSError) as e:
-    raise CliError(str(e).splitlines()[0]) from None
-  return config, model, variables, tables
-
-
-def compress(args) -> None:
-  import numpy as np
-  from PIL import Image
-  from jaxvision import codec, data
-  from jaxvision.models import compression as C
-
-  config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
-  try:
-    image = data.load_image_file(args.input)
-  except (data.DataError, OSError) as e:
-    raise CliError(str(e)) from None
-  with Image.open(args.input) as im:  # grey stays grey on decoding; alpha is dropped
-    channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
-  h, w = image.shape[:2]
-  x = image[None].astype(np.float32) / 255.0
-  strings, shapes = C.compress(model, variables, tables, x)
-  header = codec.JvcHeader(model=config.model.name, quality=int(config.model.kwargs.quality),
-                           height=h, width=w, channels=channels,
-                           latent_shapes=[tuple(int(d) for d in s) for s in shapes],
-                           tables_crc=C.tables_crc(tables))
-  n = codec.write_jvc(args.output, header, strings)
-  est = C.estimate_bits(model, variables, x)["total"]
-  print(f"{args.input} -> {args.output}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "
-        f"the model estimated {est / 8:.0f} bytes ({est / (h * w):.4f} bpp; latents of "
-        f"the image padded to a multiple of {C.STRIDE})")
-
-
-def decompress(args) -> None:
-  import numpy as np
-  from jaxvision import codec
-  from jaxvision.models import compression as C
-
-  if not args.output.lower().endswith(".png"):
-    raise CliError(f"{args.output}: output must be a .png file")
-  try:
-    header, strings = codec.read_jvc(args.input)
-  except codec.JvcError as e:
-    raise CliError(f"{args.input}: {e}") from None
-  except OSError as e:
-    raise CliError(f"{args.input}: {e.strerror or e}") from None
-  config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
-  if (header.model, header.quality) != (config.model.name, int(config.model.kwargs.quality)):
-    raise CliError(f"{args.input} was written by {header.model} quality {header.quality}; "
-                   f"{args.checkpoint} holds {config.model.name} quality "
-                   f"{config.model.kwargs.quality}")
-  if header.tables_crc is not None and header.tables_crc != C.tables_crc(tables):
-    raise CliError(f"{args.input} was coded with other CDF tables (CRC "
-                   f"{header.tables_crc:08x}) than {args.checkpoint} holds "
-                   f"({C.tables_crc(tables):08x}): another checkpoint step or training run, or a "
-                   "hyperprior file from a jaxvision older than its fixed-point coding")
-  try:
-    x = C.decompress(model, variables, tables, strings, header.latent_shapes,
-                     header.height, header.width)
-  except ValueError as e:
-    raise CliError(f"{args.input}: {str(e).splitlines()[0]}") from None
-  y = (x[0] * 255.0 + 0.5).astype(np.uint8)
-  if header.channels == 1:
-    y = y.mean(axis=-1).round().astype(np.uint8)
-  _atomic_save_png(y, args.output)
-  print(f"{args.input} -> {args.output}: {header.width}x{header.height}")
-
-
-def _rd_images(args):
-  import numpy as np
-  from jaxvision import data
-  images = []
-  try:
-    for path in args.inputs:
-      images.append((os.path.basename(path), data.load_image_file(path)))
-    if args.data:
-      src = data.get_source(args.data, args.split, args.data_dir or None)
-      for i in range(min(len(src), args.max_images or len(src))):
-        rec = src[i]
-        images.append((f"{args.data}[{args.split}][{rec['name']}]", rec["image"]))
-  except (data.DataError, OSError) as e:
-    raise CliError(str(e).splitlines()[0]) from None
-  if args.max_images:
-    images = images[:args.max_images]
-  if not images:
-    raise CliError("no images: give image files and/or --data (a TFDS name, photos or "
-                   "folder:/path)")
-  return [(n, np.ascontiguousarray(im[..., :3])) for n, im in images]
-
-
-def rd(args) -> None:
-  from jaxvision import rd as jv_rd
-
-  codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-  bad = [c for c in codecs if c not in jv_rd.CODECS]
-  if bad:
-    raise CliError(f"--codecs: unknown codec {bad[0]!r}; choose from {', '.join(jv_rd.CODECS)}")
-  qualities = {}
-  for spec in args.qualities or []:
-    codec_name, _, qs = spec.partition("=")
-    try:
-      qualities[codec_name] = [float(q) if codec_name == "jpeg2000" else int(q)
-                               for q in qs.split(":")]
-    except ValueError:
-      raise CliError(f"--qualities {spec!r}: expected CODEC=Q1:Q2:...") from None
-    if codec_name not in jv_rd.CODECS or not qs:
-      raise CliError(f"--qualities {spec!r}: expected CODEC=Q1:Q2:... with CODEC one of "
-                     f"{', '.join(jv_rd.CODECS)}")
-  images = _rd_images(args)
-  neural = []
-  for work in args.checkpoint or []:
-    config, model, variables, tables = _codec_from_checkpoint(work)
-    q = int(config.model.kwargs.quality)
-    neural.append((f"jaxvision {config.model.name}", model, variables, tables,
-                   config.model.name, q))
-  try:
-    ours = jv_rd.neural_rd_curves(images, neural)
-    result = jv_rd.evaluate(images, codecs, args.out, qualities,
-                            extra={k: v["points"] for k, v in ours.items()},
-                            extra_per_image={k: v["per_image"] for k, v in ours.items()})
-  except ValueError as e:
-    raise CliError(str(e).splitlines()[0]) from None
-  for name, pts in {**{c: r["points"] for c, r in result["curves"].items()},
-                    **result["extra"]}.items():
-    print(f"{name}: " + ", ".join(f"{p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in pts))
-  for name, entries in result["bd"].items():
-    parts = [f"{a} {e['bd_rate_percent']:+.1f}%" for a, e in entries.items()
-             if e["bd_rate_percent"] is not None]
-    if parts:
-      print(f"BD-rate of {name} vs " + ", ".join(parts))
-  for c, why in result["skipped"].items():
-    print(f"skipped {c}: {why}")
-  print(f"{len(images)} image(s) -> {os.path.join(args.out, 'rd.json')}, "
-        f"{os.path.join(args.out, 'rd.png')}")
-
-
-def _add_codec(sub):
-  p = sub.add_parser("compress", help="compress an image into a .jvc file with a trained codec")
-  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
-                 help="workdir of a configs/compress.py run")
-  p.add_argument("input", metavar="IN")
-  p.add_argument("output", metavar="OUT.jvc")
-  p.set_defaults(func=compress)
-  p = sub.add_parser("decompress", help="decode a .jvc file into a PNG")
-  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
-                 help="the codec that wrote the file (its workdir)")
-  p.add_argument("input", metavar="IN.jvc")
-  p.add_argument("output", metavar="OUT.png")
-  p.set_defaults(func=decompress)
-  p = sub.add_parser("rd", help="rate-distortion of learned codecs vs JPEG/WebP/JPEG 2000/AVIF",
-                     description="bpp, PSNR and MS-SSIM per image and averaged; writes "
-                     "OUT/rd.json and OUT/rd.png; BD-rates vs JPEG and the CompressAI curves.")
-  p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files")
-  p.add_argument("--data", default="", help="photos, folder:/path or a prepared TFDS name")
-  p.add_argument("--split", default="test", help="split of --data (default test)")
-  p.add_argument("--data-dir", default="", help="TFDS data_dir")
-  p.add_argument("--max-images", type=int, default=0, help="use the first N images only")
-  p.add_argument("--checkpoint", action="append", metavar="WORKDIR",
-                 help="a codec workdir (repeatable; one RD point each, one curve per model)")
-  p.add_argument("--codecs", default="jpeg,webp,jpeg2000,avif",
-                 help="Pillow codecs to sweep (comma list; '' for none)")
-  p.add_argument("--qualities", action="append", metavar="CODEC=Q1:Q2:...",
-                 help="sweep of one codec, e.g. jpeg=10:50:90 (jpeg2000: target bpp)")
-  p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-  p.set_defaults(func=rd)
+# Kept for code written against older jaxvision: the one error base of every command.
+CliError = UserError
 
 
 def list_models(args) -> None:
-  from jaxvision import models
-  print("\n".join(models.list_models()))
-
-
-def list_operators(args) -> None:
-  from jaxvision import operators
-  print("\n".join(operators.list_operators()))
-
-
-def _add_enhance(sub):
-  p = sub.add_parser("enhance", help="apply a trained image operator (CAN) to a photo",
-                     description="Applies a trained image-to-image network to any image "
-                     "size, in overlapping tiles so memory stays bounded (no seams).")
-  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
-                 help="workdir of a `python -m train` run")
-  p.add_argument("--input", required=True, metavar="IN", help="input image (any format Pillow reads)")
-  p.add_argument("--output", required=True, metavar="OUT.png")
-  p.add_argument("--tile", type=int, default=None,
-                 help="output pixels per tile side (default: from --max-pixels)")
-  p.add_argument("--max-pixels", type=float, default=4e6,
-                 help="largest window the network sees at once (default 4e6); bounds memory")
-  p.set_defaults(func=enhance)
-
-
-# ---------------------------------------------------------------- convert
-def convert(args) -> None:
-  from jaxvision import weights
-  kwargs = {}
-  for part in (args.kwargs or "").split(","):
-    if part.strip():
-      if "=" not in part:
-        raise CliError(f"--kwargs {part!r}: expected key=value")
-      k, v = part.split("=", 1)
-      kwargs[k.strip()] = _literal(v.strip())
-  try:
-    variables = weights.convert(args.model, args.input, **kwargs)
-    conv = weights._CONVERTERS[args.model]
-    weights.save_workdir(args.output, variables, task=conv.task, model_name=args.model,
-                         model_kwargs=kwargs, source=os.path.abspath(args.input))
-  except (weights.WeightsError, ValueError, TypeError) as e:
-    raise CliError(str(e).splitlines()[0]) from None
-  n = weights.param_count(variables["params"])
-  print(f"{args.input} -> {args.output}: {args.model}, {n:,} parameters "
-        f"(use it as --checkpoint {args.output})")
+  families.load("models")
+  print("\n".join(registry.list_models()))
 
 
 def _literal(v: str):
-  import ast
   try:
     return ast.literal_eval(v)
   except (ValueError, SyntaxError):
     return v
 
 
-def _add_convert(sub):
+def convert(args) -> None:
+  from jaxvision.core import weights
+  families.load("convert")
+  kwargs = {}
+  for part in (args.kwargs or "").split(","):
+    if part.strip():
+      if "=" not in part:
+        raise UserError(f"--kwargs {part!r}: expected key=value")
+      k, v = part.split("=", 1)
+      kwargs[k.strip()] = _literal(v.strip())
+  try:
+    variables = weights.convert(args.model, args.input, **kwargs)
+    conv = registry.get_converter(args.model)
+    weights.save_workdir(args.output, variables, task=conv.task, model_name=args.model,
+                         model_kwargs=kwargs, source=os.path.abspath(args.input))
+  except (ValueError, TypeError) as e:  # a converter's argument error
+    if isinstance(e, UserError):
+      raise
+    raise UserError(first_line(e)) from None
+  n = weights.param_count(variables["params"])
+  print(f"{args.input} -> {args.output}: {args.model}, {n:,} parameters "
+        f"(use it as --checkpoint {args.output})")
+
+
+def _add_core_commands(sub) -> None:
   p = sub.add_parser("convert", help="convert a PyTorch/Keras/safetensors weights file into a "
                      "jaxvision workdir", description="Reads the file safely (torch "
                      "weights_only=True, safetensors, h5py, numpy without pickle) and writes a "
@@ -339,37 +75,28 @@ def _add_convert(sub):
   p.add_argument("input", metavar="IN", help=".pth/.pt, .safetensors, .npz or .h5 file")
   p.add_argument("output", metavar="OUT_WORKDIR")
   p.set_defaults(func=convert)
+  sub.add_parser("models", help="list registered models").set_defaults(func=list_models)
 
 
-# Modules that add their family's subcommands (each defines add_commands(subparsers)).
-FAMILY_MODULES = ("jaxvision.classify", "jaxvision.faces", "jaxvision.style",
-                  "jaxvision.superres")
-
-
-def _add_family_commands(sub):
-  for name in FAMILY_MODULES:
-    add = getattr(importlib.import_module(name), "add_commands", None)
-    if add is not None:
-      add(sub)
-
-
-COMMANDS = [_add_enhance, _add_codec, _add_convert, _add_family_commands,
-            lambda sub: sub.add_parser("models", help="list registered models").set_defaults(func=list_models),
-            lambda sub: sub.add_parser("operators", help="list image operators").set_defaults(func=list_operators)]
+def build_parser() -> argparse.ArgumentParser:
+  families.load("commands")
+  parser = argparse.ArgumentParser(prog="jaxvision", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for add in registry.command_adders():
+    add(sub)
+  _add_core_commands(sub)
+  return parser
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="jaxvision", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  for add in COMMANDS:
-    add(sub)
-  args = parser.parse_args(argv)
+  args = build_parser().parse_args(argv)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter
   try:
+    families.load("models")  # every command may read a workdir naming any model
     args.func(args)
-  except CliError as e:
-    print(f"jaxvision {args.command}: error: {e}", file=sys.stderr)
+  except UserError as e:
+    print(f"jaxvision {args.command}: error: {first_line(e, 1000)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     return 130
@@ -377,7 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  # Run the imported module's main: family modules raise jaxvision.cli.CliError, which
-  # would be another class than this __main__ copy's.
-  from jaxvision.cli import main as _main
-  sys.exit(_main())
+  sys.exit(main())

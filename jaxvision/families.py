@@ -26,6 +26,8 @@ FAMILIES = (
     "jaxvision.superres",
 )
 PARTS = ("models", "convert", "task", "commands")
+# File names of a part: style's architectures are generators (ARCHITECTURE.md).
+_FILES = {"models": ("models", "generators")}
 _CORE_PARTS = {"models": ("jaxvision.core.perceptual",),   # the VGG descriptors
                "convert": ("jaxvision.core.perceptual",)}
 
@@ -38,6 +40,7 @@ def load(*parts: str) -> None:
     for name in _CORE_PARTS.get(part, ()):
       importlib.import_module(name)
     for family in FAMILIES:
-      module = f"{family}.{part}"
-      if importlib.util.find_spec(module) is not None:
-        importlib.import_module(module)
+      for file in _FILES.get(part, (part,)):
+        module = f"{family}.{file}"
+        if importlib.util.find_spec(module) is not None:
+          importlib.import_module(module)

@@ -26,14 +26,14 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from train import trainer  # heavy imports after flag parsing (fast --help)
-  from jaxvision.data import DataError
+  from jaxvision.core.errors import UserError
 
   if _DISTRIBUTED.value or _COORDINATOR.value:
     trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                    _PROCESS_ID.value)
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (trainer.TrainingError, DataError, ValueError) as e:
+  except (UserError, ValueError) as e:
     # Config and data mistakes are one line; a genuine bug still gets a traceback
     # with -v 1 (--verbosity=1).
     if flags.FLAGS["verbosity"].present:

@@ -1,6 +1,7 @@
 """The generic, config-driven training loop.
 
-One loop for every family: the task (train/tasks.py) supplies data, loss and
+One loop for every family: the task (a family's task.py, found in the registry by
+config.task) supplies data, loss and
 evaluation as pure functions; the model comes from the registry; the optimizer and
 its schedule from the config. The train step is a pure function of (state, batch),
 compiled once with `jax.jit` over a 1-D `Mesh` of every device in every process:
@@ -26,17 +27,17 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvision import checkpoint as jv_ckpt
-from jaxvision import data as jv_data
-from jaxvision import models
-from train import tasks
+from jaxvision import families
+from jaxvision.core import checkpoint as jv_ckpt
+from jaxvision.core import data as jv_data
+from jaxvision.core import io as jv_io
+from jaxvision.core import registry
+from jaxvision.core.errors import TrainingError
+
+families.load("models", "task")
 
 REQUIRED_KEYS = ("total_steps", "batch_size", "log_every", "eval_every",
                  "checkpoint_every", "seed")
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on; the message is one line for the user."""
 
 
 @flax.struct.dataclass
@@ -176,20 +177,17 @@ class TensorBoard:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  jv_data.atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True),
-                       binary=False)
+  jv_io.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def write_pngs(folder: str, tag: str, images: dict[str, np.ndarray]) -> list[str]:
-  from PIL import Image
   os.makedirs(folder, exist_ok=True)
   written = []
   for name, batch in images.items():
     safe = name.replace("|", "_")
     for i, im in enumerate(batch):
       path = os.path.join(folder, f"{tag}_{i:02d}_{safe}.png")
-      pil = Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im)
-      jv_data.atomic_write(path, lambda f: pil.save(f, format="PNG"))
+      jv_io.write_png(path, im.squeeze(-1) if im.shape[-1] == 1 else im)
       written.append(path)
   return written
 
@@ -212,8 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
 
-  task = tasks.get(config.task)
-  model = models.create(config.model.name, **config.model.get("kwargs", {}))
+  task = registry.get_task(config.task)
+  model = registry.create_model(config.model.name, **config.model.get("kwargs", {}))
   tx, schedule = make_optimizer(config)
 
   t0 = time.time()
@@ -272,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = jax.jit(make_train_step(model, task, tx, config),
                        in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(task.evaluate, model), out_shardings=replicated)
+  eval_step = jax.jit(functools.partial(task.evaluate, model, config=config),
+                      out_shardings=replicated)
 
   def to_global(batch):
     return jax.tree.map(
@@ -288,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for k, v in out.items():
         if np.ndim(v) == 1:
           per_image.setdefault(k, []).extend(np.asarray(v).tolist())
-      for k, v in task.samples(batch, out).items():
+      for k, v in task.samples(batch, out, config).items():
         samples.setdefault(k, []).extend(list(v))  # per image: sizes may differ
     means = {k: float(np.mean(v)) for k, v in per_image.items()}
     return means, samples

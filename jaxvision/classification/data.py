@@ -1,4 +1,4 @@
-"""Image classification data and the `jaxvision classify` command.
+"""Image classification data: datasets, preprocessing and the trainer's loaders.
 
 Datasets (`get_dataset(name, split)` -> a picklable random-access source of
 {"image": (H, W, 3) uint8, "label": int32, "index": int}):
@@ -15,9 +15,8 @@ Preprocessing (host side, numpy/PIL): "pad_crop" (pad + random crop, optional fl
 small images, "inception" (random-resized crop 8-100% area, 3/4-4/3 aspect, flip) for
 ImageNet; evaluation resizes the short side to image_size / crop_fraction and takes the
 centre crop. Batches: {"input": f32 (B, S, S, 3) in [0, 1], "label": i32 (B,)}; the
-models normalise their input themselves.
-
-  jaxvision classify --checkpoint WORKDIR IN [IN ...]     top-5 classes per image
+models normalise their input themselves. `jaxvision classify` (commands.py) preprocesses
+its image files with the same `eval_transform`.
 """
 from __future__ import annotations
 
@@ -27,10 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxvision.data import DataError
+from jaxvision.core.errors import DataError
 
 EMBEDDED = ("digits", "lfw")
-TOPK = 5
 
 
 # ---------------------------------------------------------------- sources
@@ -98,7 +96,7 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, data_dir: str | None = None,
                image_key: str = "image", label_key: str = "label"):
-    from jaxvision.data import resolve_data_dir
+    from jaxvision.core.data import resolve_data_dir
     self.name, self.split, self.data_dir = name, split, resolve_data_dir(data_dir)
     self.image_key, self.label_key = image_key, label_key
     self._ds = None
@@ -125,7 +123,7 @@ class TfdsSource:
     return self._len
 
   def __getitem__(self, i):
-    from jaxvision.data import decode_image
+    from jaxvision.core.io import decode_image
     rec = self._open()[int(i)]
     return {"image": decode_image(rec[self.image_key], f"{self.name}[{self.split}][{i}]"),
             "label": np.int32(rec[self.label_key]), "index": int(i)}
@@ -209,7 +207,7 @@ def make_data(config):
   """(train loader, eval batches) for the classification task from config.data."""
   import grain
   import jax
-  from jaxvision import data as jv_data
+  from jaxvision.core import data as jv_data
 
   d = config.data
   size = int(d.image_size)
@@ -240,58 +238,3 @@ def make_data(config):
 def class_names(config, num_classes: int) -> list[str]:
   names = list(config.get("data", {}).get("class_names", None) or [])
   return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
-
-
-# ---------------------------------------------------------------- command
-def predict_topk(model, variables, images: np.ndarray, k: int = TOPK):
-  """(probabilities, indices) of the k most likely classes per image; images f32 [0, 1]."""
-  import jax
-  import jax.numpy as jnp
-
-  @jax.jit
-  def run(x):
-    p = jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32))
-    return jax.lax.top_k(p, min(k, p.shape[-1]))
-
-  p, i = run(jnp.asarray(images))
-  return np.asarray(p), np.asarray(i)
-
-
-def classify(args) -> None:
-  from jaxvision import checkpoint as jv_ckpt
-  from jaxvision import data, models
-  from jaxvision.cli import CliError
-
-  try:
-    config, variables, step = jv_ckpt.load_variables(args.checkpoint)
-  except jv_ckpt.CheckpointError as e:
-    raise CliError(str(e)) from None
-  if config.get("task") != "classification":
-    raise CliError(f"{args.checkpoint}: a {config.get('task')!r} model, not a classifier")
-  model = models.create(config.model.name, **config.model.get("kwargs", {}))
-  d = config.get("data", {})
-  size = int(args.size or d.get("image_size", 224))
-  frac = float(d.get("crop_fraction", 0.875 if size >= 128 else 1.0))
-  xs = []
-  for path in args.inputs:
-    try:
-      xs.append(eval_transform(data.load_image_file(path), size, frac))
-    except data.DataError as e:
-      raise CliError(str(e)) from None
-  probs, idx = predict_topk(model, variables, np.stack(xs))
-  names = class_names(config, int(getattr(model, "num_classes", 0)))
-  for path, p, i in zip(args.inputs, probs, idx):
-    print(f"{path}: " + ", ".join(f"{names[j] if j < len(names) else j} {q:.3f}"
-                                  for q, j in zip(p, i)))
-
-
-def add_commands(sub) -> None:
-  """Adds this family's subcommands to the `jaxvision` parser."""
-  p = sub.add_parser("classify", help="top-5 classes of images with a trained or converted "
-                     "classifier", description="Prints the 5 most likely classes per image.")
-  p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
-                 help="workdir of a configs/classify.py run or of `jaxvision convert`")
-  p.add_argument("--size", type=int, default=None,
-                 help="input side (default: the training image_size, 224 for converted weights)")
-  p.add_argument("inputs", nargs="+", metavar="IN", help="image files")
-  p.set_defaults(func=classify)

@@ -19,14 +19,13 @@ perceptual losses and detection heads. `num_classes=0` drops the classifier (log
 then the pre-logits). BatchNorm statistics live in the "batch_stats" collection.
 
 Parameter names follow timm/torchvision (`layer1_0/conv1` <-> `layer1.0.conv1`,
-`downsample_conv/_bn` <-> `downsample.0/1`, `se/fc1` <-> `se.fc1`), so `load(name, path)`
-imports their .pth/.safetensors files; `jaxvision convert --model se_resnet50 IN OUT`
-does the same from the command line.
+`downsample_conv/_bn` <-> `downsample.0/1`, `se/fc1` <-> `se.fc1`), so
+`jaxvision.classification.convert.load(name, path)` imports their .pth/.safetensors
+files; `jaxvision convert --model se_resnet50 IN OUT` does the same from the command line.
 """
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -34,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import layers
-from jaxvision import weights as jv_weights
-from jaxvision.models import register
+from jaxvision.core import layers
+from jaxvision.core.registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -271,59 +269,20 @@ def _factory(name):
 
 
 for _name in _ARCHS:
-  register(_name)(_factory(_name))
+  register_model(_name)(_factory(_name))
 
 
-@register("spp_resnet18")
+@register_model("spp_resnet18")
 def spp_resnet18(**kwargs) -> ResNet:
   return ResNet(**{"layers": (2, 2, 2, 2), "bottleneck": False, "pool": "spp", **kwargs})
 
 
-@register("spp_net")
+@register_model("spp_net")
 def spp_net(**kwargs) -> SPPNet:
   return SPPNet(**kwargs)
 
 
-# ---------------------------------------------------------------- weight import
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-         "mean": "running_mean", "var": "running_var"}
-
-
-def torch_key(path: Sequence[str]) -> str:
-  """Flax variable path (without the collection) -> timm/torchvision state-dict key."""
-  parts = []
-  for p in path[:-1]:
-    m = re.fullmatch(r"layer(\d+)_(\d+)", p)
-    if m:
-      parts += [f"layer{m[1]}", m[2]]
-    elif p in ("downsample_conv", "downsample_bn"):
-      parts += ["downsample", "0" if p.endswith("conv") else "1"]
-    else:
-      parts.append(p)
-  return ".".join(parts + [_LEAF[path[-1]]])
-
-
-def _to_flax(key: str, v: np.ndarray, shape: tuple) -> np.ndarray:
-  if len(shape) == 4:  # conv (O, I/g, kh, kw) -> (kh, kw, I/g, O)
-    want = (shape[3], shape[2], shape[0], shape[1])
-    if v.shape != want:
-      raise jv_weights.WeightsError(f"{key}: shape {v.shape}, expected {want}")
-    return v.transpose(2, 3, 1, 0)
-  if len(shape) == 2:  # Linear (O, I) or a 1x1 conv (O, I, 1, 1) as in timm's SE
-    if v.ndim == 4 and v.shape[2:] == (1, 1):
-      v = v[:, :, 0, 0]
-    if v.shape != (shape[1], shape[0]):
-      raise jv_weights.WeightsError(f"{key}: shape {v.shape}, expected {(shape[1], shape[0])}"
-                                    + ("; pass num_classes=" + str(v.shape[0])
-                                       if key.startswith("fc.") else ""))
-    return v.T
-  if v.shape != tuple(shape):
-    raise jv_weights.WeightsError(f"{key}: shape {v.shape}, expected {tuple(shape)}"
-                                  + ("; pass num_classes=" + str(v.shape[0])
-                                     if key.startswith("fc.") else ""))
-  return v
-
-
+# ---------------------------------------------------------------- shapes
 def abstract_variables(model: nn.Module, size: int = 32):
   """Shapes of the model's variables (no compute)."""
   return abstract_init(model, (1, size, size, 3))[1]
@@ -334,50 +293,3 @@ def abstract_init(model: nn.Module, shape=(1, 32, 32, 3), **call_kwargs):
   x = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
   return jax.eval_shape(lambda x: model.init_with_output(
       jax.random.key(0, impl="rbg"), x, train=False, **call_kwargs), x)  # rbg: cheap to trace
-
-
-@functools.lru_cache(maxsize=8)
-def _abstract_for(name: str, kwargs: tuple):
-  from jaxvision import models
-  model = models.create(name, **dict(kwargs))
-  if not isinstance(model, ResNet) or model.pool != "avg":
-    raise jv_weights.WeightsError(f"{name}: no timm/torchvision counterpart to convert from")
-  if model.stem != "imagenet":
-    raise jv_weights.WeightsError("stem='cifar' has no timm/torchvision counterpart")
-  return model, abstract_variables(model)
-
-
-def convert_state_dict(name: str, sd: dict, **kwargs) -> dict:
-  """Flax variables of registered model `name` from a timm/torchvision state dict.
-
-  Every model variable must be in `sd` and every `sd` key must be used (BN's
-  num_batches_tracked aside; the `fc.*` head is skipped with num_classes=0)."""
-  hashable = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  model, abstract = _abstract_for(name, tuple(sorted(hashable.items())))
-  used: set[str] = set()
-
-  def fill(path, leaf):
-    names = tuple(k.key for k in path)
-    key = torch_key(names[1:])
-    used.add(key)
-    v = np.asarray(jv_weights.take(sd, key), np.float32)  # no copy when already f32
-    return _to_flax(key, v, leaf.shape)
-
-  variables = jax.tree_util.tree_map_with_path(fill, abstract)
-  ignore = lambda k: k.endswith("num_batches_tracked") or (
-      not model.num_classes and k.startswith("fc."))
-  jv_weights.check_all_used(sd, used, ignore)
-  return jax.tree.map(np.asarray, variables)
-
-
-for _name in _ARCHS:
-  jv_weights.register_converter(_name, task="classification",
-                                help=f"timm/torchvision {TIMM_NAMES.get(_name, _name)}")(
-      functools.partial(convert_state_dict, _name))
-
-
-def load(name: str, path, **kwargs) -> dict:
-  """Flax variables {"params", "batch_stats"} for `models.create(name, **kwargs)` from a
-  timm/torchvision .pth (torch weights_only) / .safetensors / .npz file or a state dict.
-  num_classes=0 imports the backbone without its classifier."""
-  return jv_weights.convert(name, path, **kwargs)

@@ -1,7 +1,7 @@
 """Classification task: softmax cross-entropy with label smoothing; top-1/top-5 in eval.
 
 Batches {"input": f32 (B, H, W, 3) in [0, 1], "label": i32 (B,)} from
-jaxvision.classify.make_data (embedded digits/lfw, or TFDS cifar10/imagenet2012).
+jaxvision.classification.data.make_data (embedded digits/lfw, or TFDS cifar10/imagenet2012).
 BatchNorm statistics are updated in training (the "batch_stats" collection comes back
 as the new model state); dropout (SPP-net) draws from the step's rng.
 """
@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train.tasks import Task, register
+from jaxvision.classification import data
+from jaxvision.core.registry import register_task
+from jaxvision.core.tasks import Task, apply_model
 
 
 def _logits(model, variables, x, rng, train):
   if train:
-    mutable = [k for k in variables if k != "params"]
-    out = model.apply(variables, x, train=True, mutable=mutable, rngs={"dropout": rng})
-    return out if mutable else (out[0], {})
-  return model.apply(variables, x, train=False), {}
+    return apply_model(model, variables, x, True, rngs={"dropout": rng})
+  return apply_model(model, variables, x, False)
 
 
 def cross_entropy(logits, labels, smoothing: float = 0.0):
@@ -46,22 +46,18 @@ def loss(model, variables, batch, rng, train, config=None):
                         new_state)
 
 
-def evaluate(model, variables, batch):
+def evaluate(model, variables, batch, config=None):
+  del config  # top-1, top-5 and the unsmoothed loss need nothing from it
   logits = model.apply(variables, batch["input"], train=False)
   y = batch["label"]
   return {"top1": topk_correct(logits, y, 1), "top5": topk_correct(logits, y, 5),
           "loss": cross_entropy(logits, y)}
 
 
-def samples(batch, outputs) -> dict[str, np.ndarray]:
-  del batch, outputs  # nothing image-like to show; metrics say it all
+def samples(batch, outputs, config=None) -> dict[str, np.ndarray]:
+  del batch, outputs, config  # nothing image-like to show; metrics say it all
   return {}
 
 
-def make_data(config):
-  from jaxvision import classify
-  return classify.make_data(config)
-
-
-register("classification", Task(make_data=make_data, loss=loss, evaluate=evaluate,
-                                samples=samples))
+register_task("classification", Task(make_data=data.make_data, loss=loss, evaluate=evaluate,
+                                      samples=samples))

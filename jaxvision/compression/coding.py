@@ -1,13 +1,16 @@
-"""Host-side entropy coding with integer CDF tables, and the ``.jvc`` container.
+"""Host-side coding of a codec's latents: the constriction ANS coder over integer CDF
+tables, and compress / decompress / estimate_bits of an image.
 
-Pure numpy + ``constriction``; no JAX. Two halves:
+Two halves:
 
-* ``encode`` / ``decode``: ANS coding of int32 values, each with one of
-  ``n_tables`` quantized 16-bit CDFs (the layout produced by the entropy
-  bottleneck's ``update()``, as in CompressAI). Out-of-range values are escaped
-  and coded exactly, never clipped.
-* ``write_jvc`` / ``read_jvc``: the versioned, CRC-protected file format that
-  stores a header and the coded strings. Byte layout: ``docs/jvc_format.md``.
+* ``encode`` / ``decode`` / ``encode_sequence`` / ``SequenceDecoder``: pure numpy +
+  ``constriction``, no JAX. ANS coding of int32 values, each with one of ``n_tables``
+  quantized 16-bit CDFs (the layout produced by the entropy bottleneck's
+  ``update()``, as in CompressAI). Out-of-range values are escaped and coded
+  exactly, never clipped. The container that stores the strings is ``files.py``
+  (byte layout: ``docs/jvc_format.md``).
+* ``compress`` / ``decompress`` / ``estimate_bits`` / ``reconstruct``: pure functions
+  of (model, variables, tables), with the fixed-point networks that choose every CDF.
 
 Table layout (row ``i``, ``L = cdf_lengths[i]``): ``cdf[0] = 0``, strictly
 increasing, ``cdf[L - 1] = 65536``. That is ``L - 1`` symbols; the last one,
@@ -21,7 +24,7 @@ odd; above: ``r = 2 (d - (L - 2))``, even), then coded as one nibble
 2^33`` for int32 inputs, so a single nibble suffices and no unary code is
 needed) followed by the ``n`` groups, least significant first.
 
-Determinism: each table is turned into ``constriction``'s
+Determinism of the entropy coder: each table is turned into ``constriction``'s
 ``Categorical(freqs / 65536, perfect=False)`` with float64 probabilities.
 constriction 0.5 quantizes these to its 24-bit fixed point as
 ``left[j] = floor(cdf[j] / 2^16 * (2^24 - n)) + j`` (``fast_quantized_cdf`` in
@@ -30,22 +33,39 @@ those float64 operations is exact (dyadic values, < 2^41 significant bits),
 so the 24-bit model is an integer function of the table: no rounding happens,
 hence no machine/compiler (FMA, SIMD) can change it. ``perfect=True`` would
 instead run a float optimisation loop with ``log1p``, which we avoid.
-"""
 
+Determinism of the CDF choice across machines: every value that selects a CDF is an
+integer computed exactly. At coding time h_s (hyperpriors) and mbt2018's context
+step (masked 5x5 conv + entropy-parameter 1x1 convs) run as fixed-point integer
+networks on the host (`fixed_point_nets`, the `fx_*` helpers of layers.py: integer
+weights, rounded integer activations, exact int64 or provably exact float64
+matmuls), and the scale index is an integer comparison with fixed-point table
+midpoints. Means are fixed point too: mbt2018's y_hat = s + μ is the integer
+s·2^12 + μ_fx, so the serial encoder and decoder see identical integer windows on
+any machine. Training and `estimate_bits` stay float; the jitted float methods
+`_hyper_decode` / `_ar_step` of the models remain as references for tests.
+"""
 from __future__ import annotations
 
-import os
-import struct
-import tempfile
-import zlib
-from dataclasses import dataclass, field
-
-import numpy as np
+import contextlib
+import functools
+import time
+from typing import NamedTuple
 
 import constriction
+import jax
+import numpy as np
 
-__all__ = ["encode", "decode", "encode_sequence", "SequenceDecoder", "JvcHeader", "JvcError", "write_jvc",
-           "read_jvc", "CDF_PRECISION", "JVC_VERSION"]
+from jaxvision.compression.layers import (
+    ACT_FRAC, CdfTables, FxConv, FxDense, GaussianConditional, causal_mask, fx_conv,
+    fx_conv_apply, fx_dense, fx_leaky, fx_matmul, fx_quantize, fx_relu, fx_rescale)
+from jaxvision.compression.models import (
+    STRIDE, MeanScaleHyperprior, is_autoregressive, is_hyperprior)
+
+__all__ = ["encode", "decode", "encode_sequence", "SequenceDecoder", "CDF_PRECISION",
+           "compress", "decompress", "estimate_bits", "reconstruct", "coded_latent",
+           "fixed_point_nets", "hyper_fixed", "latent_shapes_for", "pad", "Timings"]
+
 
 CDF_PRECISION = 16
 _TOTAL = 1 << CDF_PRECISION
@@ -263,194 +283,314 @@ class SequenceDecoder:
 
 
 # --------------------------------------------------------------------------
-# .jvc container
+# Coding an image with a model
 # --------------------------------------------------------------------------
 
-MAGIC = b"JVC\x00"
-JVC_VERSION = 2  # 2 adds the CDF-table fingerprint; files without one are written as 1
-SUPPORTED_VERSIONS = (1, 2)
-MAX_SIDE = 1 << 16
-MAX_LATENT_DIM = 1 << 20
-MAX_NDIM = 8
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _apply(model, variables, method, *args):
+  # One compile per (model config, method, shapes); the model is hashable.
+  return model.apply(variables, *args, method=getattr(type(model), method))
 
 
-class JvcError(ValueError):
-  """Malformed, truncated or corrupted .jvc data (one-line message)."""
+# ------------------------------------------------------ fixed-point coding nets
 
 
-@dataclass
-class JvcHeader:
-  model: str
-  quality: int
-  height: int
-  width: int
-  channels: int
-  latent_shapes: list[tuple[int, ...]] = field(default_factory=list)
-  # CRC32 of the CDF tables that coded the strings (version 2); None: version 1 file.
-  tables_crc: int | None = None
+class FxNets(NamedTuple):
+  """The coder's integer networks of a hyperprior model (see `fixed_point_nets`)."""
+
+  medians: np.ndarray        # (N,) int64 z medians at ACT_FRAC
+  h_s: list                  # FxConv layers and fx_relu / fx_leaky activations
+  ctx: FxDense | None        # mbt2018: masked 5x5 conv over its 12 causal taps
+  taps: np.ndarray | None    # (5, 5) bool mask of those taps (row-major order)
+  ep: list                   # mbt2018: entropy-parameter 1x1 convs and activations
 
 
-def _check_header(h: JvcHeader):
-  """The limits the reader enforces, applied at write time too, so whatever we
-  write we can read back."""
-  m = h.model
-  if (not isinstance(m, str) or not 1 <= len(m) <= 255
-      or not all(0x20 <= ord(c) <= 0x7E for c in m)):
-    raise JvcError(f"model name must be 1-255 printable ASCII characters, got {m!r}")
-  for name, val, lo, hi in (("quality", h.quality, 0, 255),
-                            ("height", h.height, 1, MAX_SIDE),
-                            ("width", h.width, 1, MAX_SIDE),
-                            ("channels", h.channels, 1, 255)):
-    if not isinstance(val, (int, np.integer)) or not lo <= val <= hi:
-      raise JvcError(f"{name} must be an integer in [{lo}, {hi}], got {val!r}")
-  if h.tables_crc is not None and not (
-      isinstance(h.tables_crc, (int, np.integer)) and 0 <= h.tables_crc <= 0xFFFFFFFF):
-    raise JvcError(f"tables_crc must be a u32 or None, got {h.tables_crc!r}")
-  if len(h.latent_shapes) > 255:
-    raise JvcError(f"at most 255 latent tensors, got {len(h.latent_shapes)}")
-  for i, shape in enumerate(h.latent_shapes):
-    shape = tuple(shape)
-    if not 1 <= len(shape) <= MAX_NDIM or not all(
-        isinstance(s, (int, np.integer)) and 1 <= s <= MAX_LATENT_DIM for s in shape):
-      raise JvcError(f"latent {i}: shape {shape} needs 1-{MAX_NDIM} dims, each in "
-                     f"[1, {MAX_LATENT_DIM}]")
+def _apply_fx(layers, x, force_int64=False):
+  for layer in layers:
+    if isinstance(layer, FxConv):
+      x = fx_conv_apply(x, layer, force_int64)
+    elif isinstance(layer, FxDense):
+      x = fx_rescale(fx_matmul(x, layer, force_int64))
+    else:
+      x = layer(x)
+  return x
 
 
-def _serialize(header: JvcHeader, strings) -> bytes:
-  _check_header(header)
-  strings = [bytes(s) for s in strings]
-  if len(strings) > 255:
-    raise JvcError(f"at most 255 strings, got {len(strings)}")
-  if any(len(s) > 0xFFFFFFFF for s in strings):
-    raise JvcError("a string is longer than 2^32 - 1 bytes")
-  name = header.model.encode("ascii")
-  version = 1 if header.tables_crc is None else 2
-  parts = [MAGIC, struct.pack("<BB", version, len(name)), name,
-           struct.pack("<BIIB", header.quality, header.height, header.width,
-                       header.channels)]
-  if version == 2:
-    parts.append(struct.pack("<I", header.tables_crc))
-  parts.append(struct.pack("<B", len(header.latent_shapes)))
-  for shape in header.latent_shapes:
-    parts.append(struct.pack(f"<B{len(shape)}I", len(shape), *shape))
-  parts.append(struct.pack(f"<B{len(strings)}I", len(strings), *map(len, strings)))
-  parts.extend(strings)
-  body = b"".join(parts)
-  return body + struct.pack("<I", zlib.crc32(body))
+def fixed_point_nets(model, variables) -> FxNets:
+  """Quantises the float params that select CDFs to fixed point (integers
+  round(w·2^WEIGHT_FRAC), biases round(b·2^(ACT_FRAC+WEIGHT_FRAC)) + 2^(WEIGHT_FRAC-1)
+  (the output rounding, see layers.py); exact and
+  machine-independent, see layers.py)."""
+  if not is_hyperprior(model):
+    raise ValueError(f"{type(model).__name__} has no hyperprior")
+  p = variables["params"]
+  k = lambda name: np.asarray(p[name]["kernel"], np.float32)
+  b = lambda name: np.asarray(p[name]["bias"], np.float32)
+  deconv = lambda name: fx_conv(k(name), b(name), 2, (2, 3), transpose=True)
+  act = fx_leaky if isinstance(model, MeanScaleHyperprior) else fx_relu
+  h_s = [deconv("h_s_0"), act, deconv("h_s_2"), act, fx_conv(k("h_s_4"), b("h_s_4"), 1, (1, 1))]
+  if not isinstance(model, MeanScaleHyperprior):
+    h_s.append(fx_relu)
+  medians = fx_quantize(np.asarray(p["entropy_bottleneck"]["quantiles"], np.float32)[:, 1],
+                        ACT_FRAC)
+  ctx = taps = None
+  ep = []
+  if is_autoregressive(model):
+    taps = causal_mask(_K)[..., 0, 0].astype(bool)
+    kc = k("context_prediction")
+    ctx = fx_dense(kc[taps].reshape(-1, kc.shape[-1]), b("context_prediction"))
+    for i in (0, 2, 4):
+      name = f"entropy_parameters_{i}"
+      ep.append(fx_dense(k(name).reshape(-1, k(name).shape[-1]), b(name)))
+      if i < 4:
+        ep.append(fx_leaky)
+  return FxNets(medians, h_s, ctx, taps, ep)
 
 
-def write_jvc(path_or_file, header: JvcHeader, strings: list[bytes]) -> int:
-  """Writes a .jvc file; returns the number of bytes written.
+def hyper_fixed(nets: FxNets, z_sym, force_int64: bool = False) -> np.ndarray:
+  """h_s of the z symbols (1, h, w, N) in fixed point: int64 (1, 4h, 4w, C), value
+  ·2^-ACT_FRAC. Exact: the same integers on every machine."""
+  z = np.asarray(z_sym, np.int64)[0]
+  z_fx = z * (1 << ACT_FRAC) + nets.medians
+  return _apply_fx(nets.h_s, z_fx, force_int64)[None]
 
-  Given a path, writes a temp file in the same directory and ``os.replace``s
-  it over the target, so readers never see a partial file and a failure leaves
-  the old file (if any) untouched and no temp file behind. Given a binary file
-  object, writes to it directly.
-  """
-  data = _serialize(header, strings)  # all validation before touching the disk
-  if hasattr(path_or_file, "write"):
-    path_or_file.write(data)
-    return len(data)
-  path = os.fspath(path_or_file)
-  d, base = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{base}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
+
+def _fx_to_float(v) -> np.ndarray:
+  # Exact (float32 holds the value) for |v| < 2^24, values below 2^(24 - ACT_FRAC) =
+  # 4096; beyond, IEEE rounding of the conversion is still the same everywhere.
+  return (np.asarray(v, np.float64) / float(1 << ACT_FRAC)).astype(np.float32)
+
+
+def _fx_hyper(model, nets: FxNets, z_sym):
+  """Coder's (int32 y indexes, float32 means or None) of a hyperprior without context."""
+  out = hyper_fixed(nets, z_sym)
+  if isinstance(model, MeanScaleHyperprior):
+    scales, means = np.split(out, 2, axis=-1)
+    return GaussianConditional().build_indexes_fixed(scales), _fx_to_float(means)
+  return GaussianConditional().build_indexes_fixed(out), None
+
+
+def _fx_ar_step(nets: FxNets, window, params, force_int64: bool = False):
+  """mbt2018 at one position: window int64 (5, 5, M) of fixed-point y_hat (zeros
+  outside and not yet decoded), params int64 (2M,) -> int64 (scales, means) (M,)."""
+  a = window[nets.taps].reshape(1, -1)  # the 12 causal taps, (1, 12·M)
+  ctx = fx_rescale(fx_matmul(a, nets.ctx, force_int64))
+  h = _apply_fx(nets.ep, np.concatenate([params[None], ctx], axis=1), force_int64)[0]
+  return np.split(h, 2)
+
+
+def pad(x, stride: int = STRIDE):
+  """Edge-pads (1, H, W, C) up to multiples of `stride` (cropped back on decode)."""
+  _, h, w, _ = x.shape
+  ph, pw = -h % stride, -w % stride
+  return np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def latent_shapes_for(model, height: int, width: int):
+  """Expected latent shapes (z first for hyperpriors) of an H x W image."""
+  hp, wp = -(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE
+  y = (1, hp // 16, wp // 16, model.M)
+  return [(1, hp // 64, wp // 64, model.N), y] if is_hyperprior(model) else [y]
+
+
+def _channel_indexes(shape):
+  return np.broadcast_to(np.arange(shape[-1], dtype=np.int32), shape)
+
+
+def _encode(sym, idx, t: CdfTables):
+  return encode(sym, idx, t.cdfs, t.cdf_lengths, t.offsets)
+
+
+def _decode(s, idx, t: CdfTables):
+  return decode(s, idx, t.cdfs, t.cdf_lengths, t.offsets)
+
+
+class Timings:
+  """Optional accumulator of wall time split into network (jitted JAX, host syncs
+  included) and entropy coding (constriction): `compress(..., timings=t)`."""
+
+  def __init__(self):
+    self.network = 0.0
+    self.coding = 0.0
+
+  @contextlib.contextmanager
+  def _add(self, field):
+    t = time.perf_counter()
     try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise
-  return len(data)
+      yield
+    finally:
+      setattr(self, field, getattr(self, field) + time.perf_counter() - t)
 
 
-class _Reader:
-  """Bounds-checked cursor: every read is checked against what is left, so a
-  corrupt length fails before anything is allocated."""
-
-  def __init__(self, buf: memoryview):
-    self.buf, self.pos = buf, 0
-
-  def left(self):
-    return len(self.buf) - self.pos
-
-  def take(self, n, what):
-    if n > self.left():
-      raise JvcError(f"truncated: {what} needs {n} bytes, {self.left()} left")
-    out = self.buf[self.pos:self.pos + n]
-    self.pos += n
-    return out
-
-  def unpack(self, fmt, what):
-    return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+def _net(timings):
+  return timings._add("network") if timings is not None else contextlib.nullcontext()
 
 
-def read_jvc(path_or_bytes) -> tuple[JvcHeader, list[bytes]]:
-  """Parses and validates a .jvc file (path, bytes-like, or binary file object).
+def _code(timings):
+  return timings._add("coding") if timings is not None else contextlib.nullcontext()
 
-  Raises JvcError with a one-line reason for any malformed input; the CRC is
-  checked last, after the structure (so a bad length reports as truncation).
-  I/O errors such as a missing file propagate as OSError.
+
+def compress(model, variables, tables, x, timings: Timings | None = None):
+  """(1, H, W, 3) float in [0, 1] -> (strings, latent_shapes).
+
+  Hyperpriors: strings = [z, y]; the y indexes come from the z symbols through the
+  fixed-point h_s (`hyper_fixed`), the very integers `decompress` computes.
   """
-  if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-    data = path_or_bytes
-  elif hasattr(path_or_bytes, "read"):
-    data = path_or_bytes.read()
-  else:
-    with open(path_or_bytes, "rb") as f:
-      data = f.read()
-  r = _Reader(memoryview(data).cast("B"))
+  x = np.asarray(x, np.float32)
+  if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
+    raise ValueError(f"expected a (1, H, W, 3) image, got {x.shape}")
+  with _net(timings):
+    out = jax.tree.map(np.asarray, _apply(model, variables, "_encode_net", pad(x)))
+  if not is_hyperprior(model):
+    y = out["y"]
+    with _code(timings):
+      return [_encode(y, _channel_indexes(y.shape), tables["y"])], [y.shape]
+  z = out["z"]
+  with _code(timings):
+    z_str = _encode(z, _channel_indexes(z.shape), tables["z"])
+  with _net(timings):
+    nets = fixed_point_nets(model, variables)
+  if is_autoregressive(model):
+    with _net(timings):
+      params = hyper_fixed(nets, z)
+    y_str, _ = _ar_encode(nets, tables["y"], out["y_float"], params, timings)
+    return [z_str, y_str], [z.shape, tuple(out["y_float"].shape)]
+  with _net(timings):
+    idx, means = _fx_hyper(model, nets, z)
+    y = np.asarray(_apply(model, variables, "_quantize_y", out["y_float"], means))
+  with _code(timings):
+    y_str = _encode(y, idx, tables["y"])
+  return [z_str, y_str], [z.shape, y.shape]
 
-  head = bytes(r.buf[:len(MAGIC)])
-  if not MAGIC.startswith(head):
-    raise JvcError("not a .jvc file (bad magic)")
-  r.take(len(MAGIC), "magic")  # a proper prefix of the magic reads as truncated
-  (version,) = r.unpack("<B", "format version")
-  if version not in SUPPORTED_VERSIONS:
-    raise JvcError(f"format version {version} is not supported (this jaxvision reads "
-                   f"version {', '.join(map(str, SUPPORTED_VERSIONS))})")
-  (name_len,) = r.unpack("<B", "model name length")
-  name = bytes(r.take(name_len, "model name"))
-  if not name or not all(0x20 <= c <= 0x7E for c in name):
-    raise JvcError(f"bad model name {name!r}: must be 1-255 printable ASCII characters")
-  quality, height, width, channels = r.unpack("<BIIB", "header")
-  tables_crc = r.unpack("<I", "tables CRC")[0] if version >= 2 else None
-  (n_lat,) = r.unpack("<B", "latent count")
-  for what, val, lo, hi in (("height", height, 1, MAX_SIDE), ("width", width, 1, MAX_SIDE),
-                            ("channels", channels, 1, 255)):
-    if not lo <= val <= hi:
-      raise JvcError(f"bad {what} {val}: must be in [{lo}, {hi}]")
-  shapes = []
-  for i in range(n_lat):
-    (ndim,) = r.unpack("<B", f"latent {i} ndim")
-    if not 1 <= ndim <= MAX_NDIM:
-      raise JvcError(f"bad latent {i} ndim {ndim}: must be in [1, {MAX_NDIM}]")
-    dims = r.unpack(f"<{ndim}I", f"latent {i} dims")
-    if not all(1 <= s <= MAX_LATENT_DIM for s in dims):
-      raise JvcError(f"bad latent {i} shape {dims}: dims must be in [1, {MAX_LATENT_DIM}]")
-    shapes.append(tuple(dims))
-  (n_str,) = r.unpack("<B", "string count")
-  lens = r.unpack(f"<{n_str}I", "string lengths")
-  # Check the lengths against the remaining bytes before slicing anything.
-  for i, n in enumerate(lens):
-    if n > r.left() - 4:
-      raise JvcError(f"truncated: string {i} needs {n} bytes, {max(r.left() - 4, 0)} left")
-    r.pos += n
-  if r.left() != 4:
-    raise JvcError(f"truncated: CRC needs 4 bytes, {r.left()} left" if r.left() < 4
-                   else f"{r.left() - 4} unexpected bytes after the strings")
-  crc_pos = r.pos
-  (crc,) = r.unpack("<I", "CRC")
-  if zlib.crc32(r.buf[:crc_pos]) != crc:
-    raise JvcError("CRC mismatch: file is corrupted")
-  strings, p = [], crc_pos - sum(lens)
-  for n in lens:
-    strings.append(bytes(r.buf[p:p + n]))
-    p += n
-  return (JvcHeader(name.decode("ascii"), quality, height, width, channels, shapes, tables_crc),
-          strings)
+
+def decompress(model, variables, tables, strings, latent_shapes, height, width,
+               timings: Timings | None = None):
+  """Inverse of `compress`: (1, height, width, 3) float32 in [0, 1].
+
+  Raises ValueError for shapes that do not fit the image size (before allocating
+  anything) and for strings that do not decode cleanly.
+  """
+  want = latent_shapes_for(model, height, width)
+  if [tuple(s) for s in latent_shapes] != want or len(strings) != len(want):
+    raise ValueError(f"latent shapes {latent_shapes} / {len(strings)} strings do not "
+                     f"match a {height}x{width} image for this model ({want})")
+  if not is_hyperprior(model):
+    (y_shape,) = want
+    with _code(timings):
+      y = _decode(strings[0], _channel_indexes(y_shape), tables["y"])
+    side = None
+  else:
+    z_shape, y_shape = want
+    with _code(timings):
+      z = _decode(strings[0], _channel_indexes(z_shape), tables["z"])
+    with _net(timings):
+      nets = fixed_point_nets(model, variables)
+    if is_autoregressive(model):
+      with _net(timings):
+        params = hyper_fixed(nets, z)
+      y_hat = _ar_decode(nets, tables["y"], strings[1], params, timings)
+      with _net(timings):
+        x_hat = np.asarray(_apply(model, variables, "_synthesis", y_hat))
+      return np.clip(x_hat[:, :height, :width], 0.0, 1.0)
+    with _net(timings):
+      idx, side = _fx_hyper(model, nets, z)
+    with _code(timings):
+      y = _decode(strings[1], idx, tables["y"])
+  with _net(timings):
+    x_hat = np.asarray(_apply(model, variables, "_decode_net", y, side))
+  return np.clip(x_hat[:, :height, :width], 0.0, 1.0)
+
+
+_K = 5  # context kernel; the latent is zero-padded by _K // 2 as in CompressAI
+
+
+def _ar_quantize(nets: FxNets, y, params, timings=None):
+  """Serial quantizer of mbt2018 (CompressAI `_compress_ar`) in fixed point:
+  ([(symbols, indexes) per position, row-major], y_hat float32). y_hat is kept as
+  integers s·2^ACT_FRAC + μ_fx, exactly what the decoder rebuilds."""
+  _, h, w, m = y.shape
+  p = _K // 2
+  buf = np.zeros((h + 2 * p, w + 2 * p, m), np.int64)
+  gc = GaussianConditional()
+  y64 = np.asarray(y, np.float64)
+  chunks = []
+  for i in range(h):
+    for j in range(w):
+      with _net(timings):
+        scales, mu = _fx_ar_step(nets, buf[i:i + _K, j:j + _K], params[0, i, j])
+        idx = gc.build_indexes_fixed(scales)
+      s = np.rint(y64[0, i, j] - mu / float(1 << ACT_FRAC)).astype(np.int32)
+      buf[i + p, j + p] = s.astype(np.int64) * (1 << ACT_FRAC) + mu  # as the decoder will
+      chunks.append((s, idx))
+  return chunks, _fx_to_float(buf[None, p:p + h, p:p + w])
+
+
+def _ar_encode(nets: FxNets, t: CdfTables, y, params, timings=None):
+  """(y string, y_hat): the positions' chunks in one ANS stream, in decoding order."""
+  chunks, y_hat = _ar_quantize(nets, y, params, timings)
+  with _code(timings):
+    return encode_sequence(chunks, t.cdfs, t.cdf_lengths, t.offsets), y_hat
+
+
+def _ar_decode(nets: FxNets, t: CdfTables, data, params, timings=None):
+  """Serial decoder of mbt2018: y_hat (1, h, w, M) float32."""
+  _, h, w, c = params.shape
+  m = c // 2
+  p = _K // 2
+  buf = np.zeros((h + 2 * p, w + 2 * p, m), np.int64)
+  gc = GaussianConditional()
+  dec = SequenceDecoder(data, t.cdfs, t.cdf_lengths, t.offsets)
+  for i in range(h):
+    for j in range(w):
+      with _net(timings):
+        scales, mu = _fx_ar_step(nets, buf[i:i + _K, j:j + _K], params[0, i, j])
+        idx = gc.build_indexes_fixed(scales)
+      with _code(timings):
+        s = dec.next(idx)
+      buf[i + p, j + p] = np.asarray(s, np.int64) * (1 << ACT_FRAC) + mu
+  dec.finish()
+  return _fx_to_float(buf[None, p:p + h, p:p + w])
+
+
+def _eval(model, variables, x):
+  """Eval-mode forward of the padded image (one compile serves both users below)."""
+  return _apply(model, variables, "__call__", pad(np.asarray(x, np.float32)))
+
+
+def estimate_bits(model, variables, x) -> dict[str, float]:
+  """The model's estimated rate Σ -log2(likelihood) (eval mode, rounded latents) of
+  the padded image, per latent and "total" (float64 sums on the host), to compare
+  with the coded size."""
+  lik = _eval(model, variables, x)["likelihoods"]
+  bits = {k: float(-np.log2(np.asarray(v, np.float64)).sum()) for k, v in lik.items()}
+  bits["total"] = sum(bits.values())
+  return bits
+
+
+def coded_latent(model, variables, x):
+  """mbt2018: the serial coder's y_hat (round(y - μ) + μ, μ from the fixed-point
+  context of the already quantized neighbours), computed by the encoder alone."""
+  out = _apply(model, variables, "_encode_net", pad(np.asarray(x, np.float32)))
+  nets = fixed_point_nets(model, variables)
+  params = hyper_fixed(nets, np.asarray(out["z"]))
+  return _ar_quantize(nets, np.asarray(out["y_float"]), params)[1]
+
+
+def reconstruct(model, variables, x):
+  """What decompress(compress(x)) must reproduce, cropped and clipped: the
+  factorized model's eval-mode forward; for hyperpriors g_s of round(y - μ) + μ with
+  the coder's fixed-point μ (0 for the scale hyperprior, where this is the eval-mode
+  forward exactly); for mbt2018 g_s of the serial encoder's y_hat (CompressAI's
+  compress path; its parallel forward uses round(y) instead)."""
+  _, h, w, _ = np.shape(x)
+  if is_autoregressive(model):
+    x_hat = _apply(model, variables, "_synthesis", coded_latent(model, variables, x))
+  elif is_hyperprior(model):
+    out = _apply(model, variables, "_encode_net", pad(np.asarray(x, np.float32)))
+    _, means = _fx_hyper(model, fixed_point_nets(model, variables), np.asarray(out["z"]))
+    y = _apply(model, variables, "_quantize_y", out["y_float"], means)
+    x_hat = _apply(model, variables, "_decode_net", y, means)
+  else:
+    x_hat = _eval(model, variables, x)["x_hat"]
+  return np.clip(np.asarray(x_hat)[:, :h, :w], 0.0, 1.0)

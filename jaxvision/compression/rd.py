@@ -7,7 +7,7 @@ Conventions
 -----------
 * Images are ``uint8`` HxWx3 RGB. bpp = 8 * len(bitstream) / (H * W) (file bytes,
   headers included, as CompressAI reports for Pillow codecs).
-* PSNR / MS-SSIM come from :mod:`jaxvision.metrics` on RGB scaled to [0, 1]
+* PSNR / MS-SSIM come from :mod:`jaxvision.core.metrics` on RGB scaled to [0, 1]
   (``data_range=1.0``). MS-SSIM needs ``min(H, W) > 160`` (5 scales, 11-tap
   filter); for smaller images it is reported as NaN, and a curve averaged over
   a set containing such an image has NaN MS-SSIM too (no silent partial means).
@@ -33,11 +33,12 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from jaxvision.core.io import atomic_write
 
 __all__ = [
   "CODECS", "DEFAULT_QUALITIES", "COMPRESSAI_KODAK", "pillow_codecs", "encode", "decode",
@@ -176,7 +177,7 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def _metrics(image: np.ndarray, decoded: np.ndarray) -> tuple[float, float]:
-  from jaxvision import metrics
+  from jaxvision.core import metrics
   a = image.astype(np.float32) / 255.0
   b = decoded.astype(np.float32) / 255.0
   psnr = float(metrics.psnr(a, b, data_range=1.0))
@@ -308,22 +309,6 @@ def bd_psnr(anchor_rates, anchor_psnrs, test_rates, test_psnrs) -> float:
 # --------------------------------------------------------------------------- #
 # plotting and the full evaluation
 # --------------------------------------------------------------------------- #
-def _atomic_write(path: str, write) -> None:
-  """Write via a temp file in the same directory + os.replace: readers never see a partial file."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def plot_rd(curves: Mapping[str, Sequence], path: str, title: str = "Rate-distortion",
             dashed: Sequence[str] = ()) -> str:
   """PNG of PSNR (dB) vs bpp, one line+markers per curve; returns ``path``.
@@ -349,7 +334,7 @@ def plot_rd(curves: Mapping[str, Sequence], path: str, title: str = "Rate-distor
   if curves:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+  atomic_write(path, lambda f: fig.savefig(f, format="png"))
   return path
 
 
@@ -389,21 +374,19 @@ def neural_rd_point(model, variables, tables, image_uint8, *, model_name: str,
   Same keys as :func:`pillow_rd_point`; bpp counts the whole file (header and CRC
   included), the decoded image is rounded to uint8 as `jaxvision decompress` writes it.
   """
-  from jaxvision import codec
-  from jaxvision.models import compression as C
+  from jaxvision.compression import coding, files
   image = _check_image(image_uint8)
   h, w = image.shape[:2]
   x = image[None].astype(np.float32) / 255.0
   t0 = time.perf_counter()
-  strings, shapes = C.compress(model, variables, tables, x)
+  header, strings = files.compress_image(model, variables, tables, x, model_name=model_name,
+                                         quality=quality)
   buf = io.BytesIO()
-  codec.write_jvc(buf, codec.JvcHeader(model_name, int(quality), h, w, 3,
-                                       [tuple(int(d) for d in s) for s in shapes],
-                                       C.tables_crc(tables)), strings)
+  files.write_jvc(buf, header, strings)
   data = buf.getvalue()
   t1 = time.perf_counter()
-  header, strings = codec.read_jvc(data)
-  x_hat = C.decompress(model, variables, tables, strings, header.latent_shapes, h, w)
+  header, strings = files.read_jvc(data)
+  x_hat = coding.decompress(model, variables, tables, strings, header.latent_shapes, h, w)
   t2 = time.perf_counter()
   decoded = (x_hat[0] * 255.0 + 0.5).astype(np.uint8)
   psnr, msssim = _metrics(image, decoded)
@@ -493,7 +476,7 @@ def evaluate(images, codecs: Sequence[str] = CODECS, out_dir: str = ".",
   }
   os.makedirs(out_dir, exist_ok=True)
   text = json.dumps(_jsonable(result), indent=2, allow_nan=False)
-  _atomic_write(os.path.join(out_dir, "rd.json"), lambda f: f.write(text.encode()))
+  atomic_write(os.path.join(out_dir, "rd.json"), lambda f: f.write(text.encode()))
   ref = {f"CompressAI {k} (Kodak)": v for k, v in COMPRESSAI_KODAK.items()}
   plot_rd({**tested, **ref}, os.path.join(out_dir, "rd.png"),
           title or f"RD on {len(named)} image(s), Pillow {PIL.__version__}", dashed=tuple(ref))

@@ -7,7 +7,7 @@ first so that every family has registered.
 
     @register_model("can24")                      # fn(**kwargs) -> flax.linen.Module
     @register_converter("edsr", task="superres")  # fn(state_dict, **kwargs) -> variables
-    register_task("superres", Task(...))          # what the generic trainer trains
+    register_task("super_resolution", Task(...))  # what the generic trainer trains
     register_commands(add)                        # add(subparsers): a family's subcommands
 """
 from __future__ import annotations

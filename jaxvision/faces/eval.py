@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from jaxvision.face_data import iou_matrix
+from jaxvision.core.io import atomic_write
+from jaxvision.faces.boxes import iou_matrix
 
 SUBSETS = {"easy": 50.0, "medium": 30.0, "hard": 10.0}  # minimum face height in pixels
 
@@ -143,7 +144,7 @@ def evaluate(detections: Sequence, ground_truth: Sequence, ignores: Sequence | N
 
 def evaluate_detector(detect: Callable[[np.ndarray], np.ndarray], source: Iterable[dict] | Sequence,
                       max_images: int | None = None) -> dict:
-  """Runs `detect(image uint8 (H,W,3)) -> (K,5)` over a face source (jaxvision.face_data) and
+  """Runs `detect(image uint8 (H,W,3)) -> (K,5)` over a face source (jaxvision.faces.data) and
   evaluates it against the source's boxes and ignore flags."""
   n = len(source) if max_images is None else min(int(max_images), len(source))
   dets, gts, igns = [], [], []
@@ -160,7 +161,6 @@ def plot_curves(result: dict, path: str, title: str = "") -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from jaxvision.data import atomic_write
 
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
   for sub, (p, r) in result["pr"].items():

@@ -10,7 +10,7 @@ convention, used for Cascade CNN too) and returns a dict of raw outputs:
   cascade-12net  any size >= 12 (fully convolutional, stride 2) {"logits": (N, H', W', 2)}
   cascade-24net  24x24 crops  {"logits": (N, 2)}
   cascade-48net  48x48 crops  {"logits": (N, 2)}
-  cascade-{12,24,48}cal  12/24/48 crops  {"logits": (N, 45)} over `calibration_patterns()`
+  cascade-{12,24,48}cal  12/24/48 crops  {"logits": (N, 45)} over `boxes.calibration_patterns()`
 
 Logits index 1 is "face" (softmax gives the probability). MTCNN's box output is the
 offset of (x1, y1, x2, y2) in units of the window's width/height; landmarks are
@@ -31,22 +31,26 @@ includes the 12 branch), classifying concat(fc256, fc128, fc16). Branch weights 
 the 48/24-net's own (trained jointly), not shared with the separately trained
 smaller nets. The 48-nets use local response normalisation as in the paper.
 
-Original weights: `load_mtcnn_weights()` reads them from the installed `mtcnn` or
-`facenet-pytorch` package (never committed here).
+Original weights: `jaxvision.faces.convert.load_mtcnn_weights()` reads them from the
+installed `mtcnn` or `facenet-pytorch` package (never committed here). The calibration
+patterns and the rest of the cascade's geometry are in `jaxvision.faces.boxes`.
 """
 from __future__ import annotations
-
-import importlib.util
-import io
-import os
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.models import register
+from jaxvision.core.registry import register_model
+
+
+# ---------------------------------------------------------------- input
+def normalize(x):
+  """Pixels 0..255 (uint8 or float) -> float32 (x - 127.5) / 128, every net's input."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  return (xp.asarray(x, xp.float32) - 127.5) / 128.0
+
 
 # ---------------------------------------------------------------- layers
 
@@ -106,7 +110,7 @@ class PNet(nn.Module):
   def __call__(self, x, train: bool = False, pool_mask=None):
     """pool_mask (optional, (N, H-2, W-2) bool): conv1 cells outside it are left out of
     the max pool, so several pyramid levels packed into one canvas pool exactly as
-    each alone (ceil-mode pooling at every level's edge); see jaxvision.faces."""
+    each alone (ceil-mode pooling at every level's edge); see jaxvision.faces.detector."""
     del train
     c = lambda n: max(1, int(round(n * self.width)))
     x = PReLU(name="prelu1")(_conv(c(10), 3, "conv1")(x))
@@ -164,17 +168,17 @@ class ONet(nn.Module):
             "landmarks": nn.Dense(10, name="landmarks")(x)}
 
 
-@register("mtcnn-pnet")
+@register_model("mtcnn-pnet")
 def mtcnn_pnet(**kw) -> nn.Module:
   return PNet(**kw)
 
 
-@register("mtcnn-rnet")
+@register_model("mtcnn-rnet")
 def mtcnn_rnet(**kw) -> nn.Module:
   return RNet(**kw)
 
 
-@register("mtcnn-onet")
+@register_model("mtcnn-onet")
 def mtcnn_onet(**kw) -> nn.Module:
   return ONet(**kw)
 
@@ -310,262 +314,31 @@ class CalNet(nn.Module):
     return {"logits": nn.Dense(45, name="pattern")(x)}
 
 
-@register("cascade-12net")
+@register_model("cascade-12net")
 def cascade_12net(**kw) -> nn.Module:
   return Net12(**kw)
 
 
-@register("cascade-24net")
+@register_model("cascade-24net")
 def cascade_24net(**kw) -> nn.Module:
   return Net24(**kw)
 
 
-@register("cascade-48net")
+@register_model("cascade-48net")
 def cascade_48net(**kw) -> nn.Module:
   return Net48(**kw)
 
 
-@register("cascade-12cal")
+@register_model("cascade-12cal")
 def cascade_12cal(**kw) -> nn.Module:
   return CalNet(size=12, **kw)
 
 
-@register("cascade-24cal")
+@register_model("cascade-24cal")
 def cascade_24cal(**kw) -> nn.Module:
   return CalNet(size=24, **kw)
 
 
-@register("cascade-48cal")
+@register_model("cascade-48cal")
 def cascade_48cal(**kw) -> nn.Module:
   return CalNet(size=48, **kw)
-
-
-CAL_SCALES = (0.83, 0.91, 1.0, 1.10, 1.21)
-CAL_SHIFTS = (-0.17, 0.0, 0.17)
-
-
-def calibration_patterns() -> np.ndarray:
-  """(45, 3) float32 rows (s, x_shift, y_shift); index = (si * 3 + xi) * 3 + yi."""
-  s, xs, ys = np.meshgrid(CAL_SCALES, CAL_SHIFTS, CAL_SHIFTS, indexing="ij")
-  return np.stack([s.ravel(), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-
-
-def calibration_label(s: float, xn: float, yn: float) -> int:
-  """Index of a pattern (for mining calibration samples)."""
-  return (CAL_SCALES.index(s) * 3 + CAL_SHIFTS.index(xn)) * 3 + CAL_SHIFTS.index(yn)
-
-
-def apply_calibration(boxes, probs, threshold: float = 0.1):
-  """Li et al. eq. 1: average the patterns whose confidence exceeds `threshold`.
-
-  boxes (..., 4) x1, y1, x2, y2; probs (..., 45) softmax outputs. A window that was
-  shifted by (xn*w, yn*h) and scaled by s relative to the face is mapped back:
-  (x - xn*w/s, y - yn*h/s, w/s, h/s). Boxes with no confident pattern stay as they are.
-  Works on numpy and jnp arrays (jit-friendly).
-  """
-  xp = jnp if isinstance(boxes, jax.Array) or isinstance(probs, jax.Array) else np
-  pat = xp.asarray(calibration_patterns())
-  m = (probs > threshold).astype(boxes.dtype)
-  n = m.sum(-1, keepdims=True)
-  mean = (m @ pat) / xp.maximum(n, 1.0)
-  has = n > 0
-  s = xp.where(has, mean[..., 0:1], 1.0)
-  xn = xp.where(has, mean[..., 1:2], 0.0)
-  yn = xp.where(has, mean[..., 2:3], 0.0)
-  x1, y1, x2, y2 = (boxes[..., i:i + 1] for i in range(4))
-  w, h = x2 - x1, y2 - y1
-  nx1 = x1 - xn * w / s
-  ny1 = y1 - yn * h / s
-  return xp.concatenate([nx1, ny1, nx1 + w / s, ny1 + h / s], axis=-1)
-
-
-# ---------------------------------------------------------------- original MTCNN weights
-
-
-class MTCNNWeightsError(ValueError):
-  """The original MTCNN weights cannot be found or read (one line)."""
-
-
-_INSTALL_HINT = ("the original MTCNN weights ship in the `mtcnn` package: pip install mtcnn "
-                 "(or jaxvision[mtcnn]); facenet-pytorch's copies work too")
-_NETS = ("pnet", "rnet", "onet")
-
-
-def _package_dir(name: str) -> str | None:
-  """The installed package's folder, found without importing it (`mtcnn` imports TF)."""
-  try:
-    spec = importlib.util.find_spec(name)
-  except (ImportError, ValueError):
-    return None
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  return list(spec.submodule_search_locations)[0]
-
-
-def _read_lz4_joblib(path: str) -> list[np.ndarray]:
-  """The `mtcnn` package's assets: an lz4 frame holding a joblib pickle of arrays.
-
-  Only ever called on the files inside the installed package (unpickling is not safe
-  on user-named files, which go through jaxvision.weights instead).
-  """
-  import joblib
-  import lz4.frame
-  with open(path, "rb") as f:
-    buf = lz4.frame.decompress(f.read())
-  arrays = joblib.load(io.BytesIO(buf))
-  if not isinstance(arrays, (list, tuple)) or not all(isinstance(a, np.ndarray) for a in arrays):
-    raise MTCNNWeightsError(f"{path}: not a list of arrays")
-  return [np.asarray(a, np.float32) for a in arrays]
-
-
-def _conv_p(k, b):
-  return {"kernel": np.asarray(k, np.float32), "bias": np.asarray(b, np.float32)}
-
-
-def _from_keras(net: str, w: list[np.ndarray]) -> dict:
-  """Keras weight list (set_weights order) -> flax params. Box head precedes face head."""
-  w = [np.asarray(a, np.float32) for a in w]
-  p: dict[str, Any] = {}
-  n_conv = {"pnet": 3, "rnet": 3, "onet": 4}[net]
-  i = 0
-  for j in range(1, n_conv + 1):
-    p[f"conv{j}"] = _conv_p(w[i], w[i + 1])
-    p[f"prelu{j}"] = {"alpha": w[i + 2].reshape(-1)}
-    i += 3
-  if net != "pnet":
-    fc = {"rnet": "fc4", "onet": "fc5"}[net]
-    p[fc] = _conv_p(w[i], w[i + 1])
-    p[f"prelu{n_conv + 1}"] = {"alpha": w[i + 2].reshape(-1)}
-    i += 3
-  heads = ["box", "landmarks", "face"] if net == "onet" else ["box", "face"]
-  for h in heads:
-    p[h] = _conv_p(w[i], w[i + 1])
-    i += 2
-  if i != len(w):
-    raise MTCNNWeightsError(f"{net}: {len(w)} Keras arrays, expected {i}")
-  return {"params": p}
-
-
-def _from_torch(net: str, sd: dict[str, np.ndarray]) -> dict:
-  """facenet-pytorch state dict -> flax params (OIHW -> HWIO, (out, in) -> (in, out))."""
-  from jaxvision.weights import check_all_used, take
-  used: set[str] = set()
-
-  def t(key):
-    used.add(key)
-    return np.asarray(take(sd, key), np.float32)
-
-  p: dict[str, Any] = {}
-  n_conv = {"pnet": 3, "rnet": 3, "onet": 4}[net]
-  for j in range(1, n_conv + 1):
-    p[f"conv{j}"] = _conv_p(t(f"conv{j}.weight").transpose(2, 3, 1, 0), t(f"conv{j}.bias"))
-    p[f"prelu{j}"] = {"alpha": t(f"prelu{j}.weight").reshape(-1)}
-  if net == "pnet":
-    heads = {"face": "conv4_1", "box": "conv4_2"}
-    for h, k in heads.items():
-      p[h] = _conv_p(t(f"{k}.weight").transpose(2, 3, 1, 0), t(f"{k}.bias"))
-  else:
-    d = {"rnet": 4, "onet": 5}[net]
-    p[f"fc{d}"] = _conv_p(t(f"dense{d}.weight").T, t(f"dense{d}.bias"))
-    p[f"prelu{d}"] = {"alpha": t(f"prelu{d}.weight").reshape(-1)}
-    heads = {"face": f"dense{d + 1}_1", "box": f"dense{d + 1}_2"}
-    if net == "onet":
-      heads["landmarks"] = f"dense{d + 1}_3"
-    for h, k in heads.items():
-      p[h] = _conv_p(t(f"{k}.weight").T, t(f"{k}.bias"))
-  check_all_used(sd, used)
-  return {"params": p}
-
-
-def convert_keras(net: str, arrays: list[np.ndarray]) -> dict:
-  """Public: the `mtcnn` package's Keras weight list for `net` -> flax variables."""
-  return _from_keras(net, arrays)
-
-
-def convert_torch(net: str, state_dict: dict) -> dict:
-  """Public: a facenet-pytorch state dict for `net` -> flax variables."""
-  return _from_torch(net, state_dict)
-
-
-def _check_shapes(variables: dict) -> dict:
-  """Every converted tree must match the released architecture exactly."""
-  expect = {"pnet": (PNet(), 12), "rnet": (RNet(), 24), "onet": (ONet(), 48)}
-  for net, v in variables.items():
-    model, s = expect[net]
-    ref = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)))
-    got = jax.tree.map(np.shape, v)
-    want = jax.tree.map(lambda a: tuple(a.shape), ref)
-    if got != want:
-      raise MTCNNWeightsError(f"{net}: converted parameter shapes do not match MTCNN's")
-  return variables
-
-
-def load_mtcnn_weights(source: str = "auto") -> dict[str, dict]:
-  """{"pnet": variables, "rnet": ..., "onet": ...} holding the original MTCNN weights.
-
-  source: "auto" (the `mtcnn` package, else facenet-pytorch), "mtcnn",
-  "facenet-pytorch", or a path: a folder with {pnet,rnet,onet}.{pt,npz,safetensors}
-  in facenet-pytorch's layout, or one .npz/.safetensors/.pt file whose keys are
-  prefixed "pnet.", "rnet.", "onet.". User paths are read without unpickling.
-  """
-  if source in ("auto", "mtcnn"):
-    d = _package_dir("mtcnn")
-    files = [os.path.join(d or "", "assets", "weights", f"{n}.lz4") for n in _NETS]
-    if d and all(os.path.isfile(f) for f in files):
-      try:
-        return _check_shapes({n: _from_keras(n, _read_lz4_joblib(f))
-                              for n, f in zip(_NETS, files)})
-      except ImportError as e:
-        raise MTCNNWeightsError(f"reading the mtcnn package's weights needs {e.name} "
-                                f"(pip install {e.name})") from None
-    if source == "mtcnn":
-      raise MTCNNWeightsError(f"the mtcnn package is not installed: {_INSTALL_HINT}")
-  if source in ("auto", "facenet-pytorch"):
-    d = _package_dir("facenet_pytorch")
-    files = [os.path.join(d or "", "data", f"{n}.pt") for n in _NETS]
-    if d and all(os.path.isfile(f) for f in files):
-      return _load_torch_files(dict(zip(_NETS, files)))
-    raise MTCNNWeightsError(f"no MTCNN weights found: {_INSTALL_HINT}"
-                            if source == "auto" else
-                            f"facenet-pytorch is not installed: {_INSTALL_HINT}")
-  return _load_user_path(source)
-
-
-def _load_torch_files(files: dict[str, str]) -> dict:
-  from jaxvision import weights as W
-  try:
-    return _check_shapes({n: _from_torch(n, W.load_state_dict(f)) for n, f in files.items()})
-  except W.WeightsError as e:
-    raise MTCNNWeightsError(str(e)) from None
-
-
-def _load_user_path(path: str) -> dict:
-  from jaxvision import weights as W
-  exts = (".pt", ".pth", ".npz", ".safetensors")
-  if os.path.isdir(path):
-    files = {}
-    for n in _NETS:
-      found = [os.path.join(path, n + e) for e in exts if os.path.isfile(os.path.join(path, n + e))]
-      if not found:
-        raise MTCNNWeightsError(f"{path}: no {n}.pt/.npz/.safetensors in this folder")
-      files[n] = found[0]
-    return _load_torch_files(files)
-  if not os.path.isfile(path):
-    raise MTCNNWeightsError(f"{path}: no such file or folder (source is 'auto', 'mtcnn', "
-                            "'facenet-pytorch' or a path)")
-  if not path.lower().endswith(exts):
-    raise MTCNNWeightsError(f"{path}: weights must be .pt, .npz or .safetensors")
-  try:
-    sd = W.load_state_dict(path)
-    out = {}
-    for n in _NETS:
-      sub = {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")}
-      if not sub:
-        raise MTCNNWeightsError(f"{path}: no keys starting with {n + '.'!r}")
-      out[n] = _from_torch(n, sub)
-    left = [k for k in sd if not k.startswith(tuple(n + "." for n in _NETS))]
-    if left:
-      raise MTCNNWeightsError(f"{path}: unexpected key {left[0]!r}")
-    return _check_shapes(out)
-  except W.WeightsError as e:
-    raise MTCNNWeightsError(str(e)) from None

@@ -12,16 +12,17 @@
                     Cascade CNN's 12/24/48-nets use it with ohem_keep 1 and only a det head.
   face_calibration  45-way softmax over Cascade CNN's calibration patterns.
 
-Data: jaxvision.face_data (samples mined from a face-box dataset, through the previous
+Data: jaxvision.faces.mining (samples mined from a face-box dataset, through the previous
 stages when config.data.previous_stages lists them; batches mixed 3:1:1:2).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from train.tasks import Task, register
+from jaxvision.core.registry import register_task
+from jaxvision.core.tasks import Task
+from jaxvision.faces.boxes import apply_calibration, calibration_windows, overlap
 
 
 # ---------------------------------------------------------------- losses
@@ -39,7 +40,7 @@ def multitask_loss(logits, label, box_pred=None, box_target=None, lm_pred=None,
                    lm_target=None, weights=(1.0, 0.5, 0.5), ohem_keep: float = 0.7):
   """MTCNN's masked multi-task loss for one batch -> (total, parts dict).
 
-  label: 0 negative, 1 positive, 2 part, 3 landmark (jaxvision.face_data). A head that is None
+  label: 0 negative, 1 positive, 2 part, 3 landmark (jaxvision.faces.mining). A head that is None
   contributes nothing. Each term is a mean over the samples it applies to (0 when none)."""
   logits = logits.reshape(logits.shape[0], -1).astype(jnp.float32)
   cls_valid = label <= 1
@@ -70,7 +71,7 @@ def _flat(out, key, n):
   return out[key].reshape(n, -1) if key in out else None
 
 
-def cascade_loss(model, variables, batch, rng, train, config=None):
+def cascade_loss(model, variables, batch, rng, train, config):
   del rng
   x = batch["input"]
   out = model.apply(variables, x, train=train)
@@ -89,15 +90,16 @@ def _masked_mean(x, m):
   return jnp.sum(jnp.where(m, x, 0.0)) / jnp.maximum(jnp.sum(m), 1)
 
 
-def cascade_evaluate(model, variables, batch):
+def cascade_evaluate(model, variables, batch, config):
   """Per-batch metrics as (1,) arrays (the batches have the same mix): accuracy on
-  negatives+positives at argmax, recall = positives above the stage threshold, pass rate =
-  negatives above it, box / landmark MSE per coordinate on their samples."""
+  negatives+positives at argmax, recall = positives above the stage threshold
+  (config.data.threshold, default 0.5), pass rate = negatives above it, box / landmark MSE
+  per coordinate on their samples."""
   x, label = batch["input"], batch["label"]
   n = x.shape[0]
   out = model.apply(variables, x, train=False)
   prob = jax.nn.softmax(out["logits"].reshape(n, -1), -1)[:, 1]
-  thr = batch["threshold"][0]
+  thr = float(config.data.get("threshold", 0.5))
   valid = label <= 1
   res = {"accuracy": _masked_mean((prob > 0.5) == (label == 1), valid),
          "recall": _masked_mean(prob > thr, label == 1),
@@ -111,7 +113,7 @@ def cascade_evaluate(model, variables, batch):
   return {k: v[None] for k, v in res.items()}
 
 
-def calibration_loss(model, variables, batch, rng, train, config=None):
+def calibration_loss(model, variables, batch, rng, train, config):
   del rng, config
   x = batch["input"]
   logits = model.apply(variables, x, train=train)["logits"].reshape(x.shape[0], -1)
@@ -121,39 +123,34 @@ def calibration_loss(model, variables, batch, rng, train, config=None):
   return jnp.mean(ce), ({"accuracy": acc}, {})
 
 
-def calibration_evaluate(model, variables, batch):
+def calibration_evaluate(model, variables, batch, config):
   """Pattern accuracy, and the mean IoU between the face and the window corrected with the
   predicted pattern (1.0 when every pattern is right)."""
-  from jaxvision.models.mtcnn import apply_calibration, calibration_patterns
+  del config
   x, label = batch["input"], batch["label"]
   logits = model.apply(variables, x, train=False)["logits"].reshape(x.shape[0], -1)
   pred = jnp.argmax(logits, -1)
-  pat = jnp.asarray(calibration_patterns())
   face = jnp.tile(jnp.array([[0.0, 0.0, 1.0, 1.0]]), (x.shape[0], 1))
-  p = pat[label]  # the window that pattern `label` maps back onto the unit face
-  win = jnp.stack([p[:, 1], p[:, 2], p[:, 1] + p[:, 0], p[:, 2] + p[:, 0]], -1)
+  win = calibration_windows(face, label)  # the window pattern `label` maps onto the unit face
   fixed = apply_calibration(win, jax.nn.one_hot(pred, 45), threshold=0.5)
-  lt = jnp.maximum(fixed[:, :2], face[:, :2])
-  rb = jnp.minimum(fixed[:, 2:], face[:, 2:])
-  inter = jnp.prod(jnp.clip(rb - lt, 0), -1)
-  area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-  iou = inter / (area(fixed) + area(face) - inter)
+  iou = overlap(fixed, face)
   return {"accuracy": jnp.mean(pred == label)[None], "corrected_iou": jnp.mean(iou)[None]}
 
 
-def face_samples(batch, outputs):
-  del batch, outputs
+def face_samples(batch, outputs, config):
+  del batch, outputs, config
   return {}
 
 
 # ---------------------------------------------------------------- data
 def face_make_data(config):
-  from jaxvision import face_data as fd
+  from jaxvision.faces import data as face_data
+  from jaxvision.faces import mining
 
   d = config.data
   calibration = config.task == "face_calibration"
   data_dir = d.get("data_dir") or None
-  opts = fd.MiningOptions(
+  opts = mining.MiningOptions(
       size=int(d.size), negatives_per_image=int(d.get("negatives_per_image", 50)),
       windows_per_face=int(d.get("windows_per_face", 20)),
       landmark_per_face=int(d.get("landmark_per_face", 10)),
@@ -163,37 +160,35 @@ def face_make_data(config):
   stages = []
   if previous and not calibration:  # calibration samples come from the faces themselves
     for i, w in enumerate(previous):
-      stages.append(fd.load_stage(w, float(thresholds[i]) if i < len(thresholds) else 0.5))
+      stages.append(mining.load_stage(w, float(thresholds[i]) if i < len(thresholds) else 0.5))
   lead = jax.process_index() == 0
   mine = dict(stages=stages, min_size=float(d.get("mine_min_size", 20)),
               max_windows=int(d.get("mine_max_windows", 20000)),
               max_proposals=int(d.get("mine_max_proposals", 200)), progress=lead)
-  train_src = fd.get_face_source(d.dataset, d.train_split, data_dir,
-                                 annotations=d.get("annotations") or None)
-  eval_src = fd.get_face_source(d.dataset, d.eval_split, data_dir,
-                                annotations=d.get("eval_annotations") or None)
-  train = fd.mine_source(train_src, opts, config.seed, d.get("max_images") or None, **mine)
-  ev = fd.mine_source(eval_src, opts, config.seed + 1, d.get("eval_max_images") or None, **mine)
+  train_src = face_data.get_face_source(d.dataset, d.train_split, data_dir,
+                                        annotations=d.get("annotations") or None)
+  eval_src = face_data.get_face_source(d.dataset, d.eval_split, data_dir,
+                                       annotations=d.get("eval_annotations") or None)
+  train = mining.mine_source(train_src, opts, config.seed, d.get("max_images") or None, **mine)
+  ev = mining.mine_source(eval_src, opts, config.seed + 1, d.get("eval_max_images") or None,
+                          **mine)
   if lead:
     via = f" through {len(stages)} previous stage(s)" if stages else ""
-    print(f"face samples {opts.size}x{opts.size}{via}: train {fd.counts_by_category(train)}, "
-          f"eval {fd.counts_by_category(ev)}", flush=True)
+    print(f"face samples {opts.size}x{opts.size}{via}: "
+          f"train {mining.counts_by_category(train)}, eval {mining.counts_by_category(ev)}",
+          flush=True)
   mix = tuple(d.get("mix", (3, 1, 1, 2)))
-  loader = fd.make_loader(train, batch_size=config.batch_size // jax.process_count(), mix=mix,
-                          seed=config.seed, calibration=calibration,
-                          shard_index=jax.process_index(), shard_count=jax.process_count())
-  eval_src_batches = fd.MixedBatches(ev, int(d.get("eval_batch_size", 64)), mix,
-                                     seed=config.seed + 1, calibration=calibration, flips=False)
-  thr = float(d.get("threshold", 0.5))
-  eval_batches = []
-  for i in range(int(d.get("eval_batches", 4))):
-    b = eval_src_batches[i]
-    b["threshold"] = np.full(len(b["label"]), thr, np.float32)
-    eval_batches.append(b)
+  loader = mining.make_loader(train, batch_size=config.batch_size // jax.process_count(),
+                              mix=mix, seed=config.seed, calibration=calibration,
+                              shard_index=jax.process_index(), shard_count=jax.process_count())
+  eval_src_batches = mining.MixedBatches(ev, int(d.get("eval_batch_size", 64)), mix,
+                                         seed=config.seed + 1, calibration=calibration,
+                                         flips=False)
+  eval_batches = [eval_src_batches[i] for i in range(int(d.get("eval_batches", 4)))]
   return loader, eval_batches
 
 
-register("face_cascade", Task(make_data=face_make_data, loss=cascade_loss,
-                              evaluate=cascade_evaluate, samples=face_samples))
-register("face_calibration", Task(make_data=face_make_data, loss=calibration_loss,
-                                  evaluate=calibration_evaluate, samples=face_samples))
+register_task("face_cascade", Task(make_data=face_make_data, loss=cascade_loss,
+                                   evaluate=cascade_evaluate, samples=face_samples))
+register_task("face_calibration", Task(make_data=face_make_data, loss=calibration_loss,
+                                       evaluate=calibration_evaluate, samples=face_samples))

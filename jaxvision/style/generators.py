@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision.models import register
+from jaxvision.core.registry import register_model
 
 
 def instance_normalize(x: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
@@ -102,7 +102,7 @@ class Johnson(nn.Module):
     return 0.5 * (jnp.tanh(y) + 1.0)
 
 
-@register("johnson")
+@register_model("johnson")
 def johnson(**kwargs) -> Johnson:
   return Johnson(**kwargs)
 
@@ -172,6 +172,6 @@ class TextureNet(nn.Module):
     return 0.5 * (jnp.tanh(y) + 1.0)
 
 
-@register("texture_net")
+@register_model("texture_net")
 def texture_net(**kwargs) -> TextureNet:
   return TextureNet(**kwargs)

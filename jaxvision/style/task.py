@@ -10,7 +10,8 @@
                   generator sees only noise; the batch gives the output size).
 
 Config keys (configs/johnson.py, configs/texture_net.py):
-  style.image   path of the style image, or the name of an embedded photo (data.PHOTOS)
+  style.image   path of the style image, or the name of an embedded photo
+                (jaxvision.core.data.PHOTOS)
   style.size    long side the style image is resized to (never upscaled)
   style.content_weight, style.style_weight, style.tv_weight, style.histogram_weight
   style.content_layer, style.style_layers, style.loss ("gram" | "histogram" | "both")
@@ -26,17 +27,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import losses as L
-from jaxvision.style import load_style_image
-from train.tasks import Task, i2i_make_data, register, to_uint8
+from jaxvision.core import losses as L
+from jaxvision.core import perceptual
+from jaxvision.core.io import to_uint8
+from jaxvision.core.registry import register_task
+from jaxvision.core.tasks import Task, image_data
+from jaxvision.style import generators  # noqa: F401  (registers johnson, texture_net)
+from jaxvision.style.gatys import load_style_image
 
 
 @functools.lru_cache(maxsize=8)
 def descriptor(weights: str, arch: str, width: float):
   """(feature_fn, pretrained), built once per process and setting."""
-  from jaxvision.models import vgg
   with jax.ensure_compile_time_eval():
-    return vgg.load_descriptor(weights or None, arch=arch, width=width)
+    return perceptual.load_descriptor(weights or None, arch=arch, width=width)
 
 
 def _descriptor_of(config):
@@ -108,7 +112,7 @@ def _total(config, terms):
 
 
 def _make_loss(with_content: bool):
-  def loss(model, variables, batch, rng, train, config=None):
+  def loss(model, variables, batch, rng, train, config):
     del train  # instance norm: no model state
     fn, _ = _descriptor_of(config)
     x = batch["input"]
@@ -128,11 +132,8 @@ def _make_loss(with_content: bool):
   return loss
 
 
-def _make_evaluate(with_content: bool, config_ref: list):
-  # The trainer calls evaluate(model, variables, batch) without the config: make_data
-  # (always called first) leaves it here.
-  def evaluate(model, variables, batch):
-    config = config_ref[0]
+def _make_evaluate(with_content: bool):
+  def evaluate(model, variables, batch, config):
     fn, _ = _descriptor_of(config)
     x = batch["input"]
     y = generate(model, variables, x, jax.random.PRNGKey(1))
@@ -141,29 +142,25 @@ def _make_evaluate(with_content: bool, config_ref: list):
   return evaluate
 
 
-def _make_data(config_ref: list):
-  def make_data(config):
-    config_ref[:] = [config]
-    _, pretrained = _descriptor_of(config)
-    img = load_style_image(str(config.style.image), int(config.style.get("size", 256) or 0))
-    style_targets(config)  # computed once, before training
-    d = config.descriptor
-    print(f"style image {config.style.image} ({img.shape[1]}x{img.shape[0]}); descriptor "
-          f"{d.get('arch', 'vgg16')}: " + (f"pretrained weights from {d.weights}" if pretrained
-                                           else "RANDOM weights (set descriptor_weights)"),
-          flush=True)
-    return i2i_make_data(config)
-  return make_data
+def make_data(config):
+  _, pretrained = _descriptor_of(config)
+  img = load_style_image(str(config.style.image), int(config.style.get("size", 256) or 0))
+  style_targets(config)  # computed once, before training
+  d = config.descriptor
+  print(f"style image {config.style.image} ({img.shape[1]}x{img.shape[0]}); descriptor "
+        f"{d.get('arch', 'vgg16')}: " + (f"pretrained weights from {d.weights}" if pretrained
+                                         else "RANDOM weights (set descriptor_weights)"),
+        flush=True)
+  return image_data(config)
 
 
-def samples(batch, outputs) -> dict[str, np.ndarray]:
+def samples(batch, outputs, config=None) -> dict[str, np.ndarray]:
+  del config
   x, y = to_uint8(batch["input"]), to_uint8(outputs["output"])
   return {"input": x, "output": y, "input|output": np.concatenate([x, y], axis=2)}
 
 
-_CONFIG_STYLE: list = []
-_CONFIG_TEXTURE: list = []
-register("style_transfer", Task(make_data=_make_data(_CONFIG_STYLE), loss=_make_loss(True),
-                                evaluate=_make_evaluate(True, _CONFIG_STYLE), samples=samples))
-register("texture", Task(make_data=_make_data(_CONFIG_TEXTURE), loss=_make_loss(False),
-                         evaluate=_make_evaluate(False, _CONFIG_TEXTURE), samples=samples))
+register_task("style_transfer", Task(make_data=make_data, loss=_make_loss(True),
+                                     evaluate=_make_evaluate(True), samples=samples))
+register_task("texture", Task(make_data=make_data, loss=_make_loss(False),
+                              evaluate=_make_evaluate(False), samples=samples))

@@ -9,20 +9,20 @@ for its `scale` s, any h and w (odd sizes included):
   wdsr_a, wdsr_b Yu et al. 2018: wide activation before the ReLU (x4 / x6 with a linear
                  low-rank 1x1 in B), weight normalisation, a 5x5 global skip branch
   rcan           Zhang et al. 2018: residual groups of residual channel-attention blocks
-                 (channel attention = `jaxvision.layers.SqueezeExcite`)
+                 (channel attention = `jaxvision.core.layers.SqueezeExcite`)
   johnson_sr     Johnson et al. 2016 perceptual SR (x4, x8): conv9-64, 4 residual blocks
                  with batch norm, log2(s) stride-1/2 convolutions, conv9-3, scaled tanh
 
 EDSR, WDSR and RCAN follow the EDSR-PyTorch code they were released in: pixel values
 on a 0..`rgb_range` (255) scale, the DIV2K RGB mean subtracted at the input and added
 back at the output (`MeanShift`), and PyTorch's `PixelShuffle` channel order, so
-converted PyTorch weights (jaxvision.superres.convert_edsr) give the same numbers.
+converted PyTorch weights (jaxvision.superres.convert.convert_edsr) give the same numbers.
 Parameter names follow the PyTorch keys with "." -> "_" (`head_0`, `body_3`, `tail_0_2`).
 
 `receptive_radius()` is the context, in low-resolution pixels, that one output pixel
 sees (conservative); `local` says whether the network is a local operator at inference
 (RCAN is not: channel attention pools the whole image), which makes tiled inference
-exact (jaxvision.superres.upscale).
+exact (jaxvision.superres.eval.upscale).
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import layers, weights
-from jaxvision.models import register
+from jaxvision.core import layers
+from jaxvision.core.registry import register_model
+from jaxvision.superres.resize import contributions
 
 # DIV2K training-set RGB mean on [0, 1] (EDSR-PyTorch `rgb_mean`).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -102,9 +102,8 @@ class Upsampler(nn.Module):
 
 def bicubic_upscale(x: jnp.ndarray, scale: int) -> jnp.ndarray:
   """MATLAB-style bicubic x`scale` upscaling of NHWC `x` (symmetric borders), as two
-  matrix products with the index/weight tables of jaxvision.superres.contributions
+  matrix products with the index/weight tables of jaxvision.superres.resize.contributions
   (built at trace time for the static input size). Local: 2 pixels of context."""
-  from jaxvision.superres import contributions
 
   def matrix(n):
     w, idx = contributions(n, n * scale, float(scale))
@@ -350,7 +349,7 @@ def _kw(kwargs):
   return kw
 
 
-@register("espcn")
+@register_model("espcn")
 def espcn(scale: int = 2, **kwargs) -> ESPCN:
   kw = _kw(kwargs)
   if "features" in kw:
@@ -358,53 +357,39 @@ def espcn(scale: int = 2, **kwargs) -> ESPCN:
   return ESPCN(scale=_check_scale("espcn", scale), **kw)
 
 
-@register("edsr_baseline")
+@register_model("edsr_baseline")
 def edsr_baseline(scale: int = 2, **kwargs) -> EDSR:
   kw = {"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0, **_kw(kwargs)}
   return EDSR(scale=_check_scale("edsr_baseline", scale), **kw)
 
 
-@register("edsr")
+@register_model("edsr")
 def edsr(scale: int = 2, **kwargs) -> EDSR:
   kw = {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1, **_kw(kwargs)}
   return EDSR(scale=_check_scale("edsr", scale), **kw)
 
 
-@register("wdsr_a")
+@register_model("wdsr_a")
 def wdsr_a(scale: int = 2, **kwargs) -> WDSR:
   kw = {"n_resblocks": 16, "n_feats": 32, **_kw(kwargs)}
   return WDSR(scale=_check_scale("wdsr_a", scale), kind="a", **kw)
 
 
-@register("wdsr_b")
+@register_model("wdsr_b")
 def wdsr_b(scale: int = 2, **kwargs) -> WDSR:
   kw = {"n_resblocks": 16, "n_feats": 32, **_kw(kwargs)}
   return WDSR(scale=_check_scale("wdsr_b", scale), kind="b", **kw)
 
 
-@register("rcan")
+@register_model("rcan")
 def rcan(scale: int = 2, **kwargs) -> RCAN:
   return RCAN(scale=_check_scale("rcan", scale), **_kw(kwargs))
 
 
-@register("johnson_sr")
+@register_model("johnson_sr")
 def johnson_sr(scale: int = 4, **kwargs) -> JohnsonSR:
   return JohnsonSR(scale=_check_scale("johnson_sr", scale, (4, 8)), **_kw(kwargs))
 
 
 SR_MODELS = ("espcn", "edsr_baseline", "edsr", "wdsr_a", "wdsr_b", "rcan", "johnson_sr")
 
-
-# EDSR-PyTorch weights (`jaxvision convert --model edsr --kwargs scale=4 EDSR_x4.pt OUT`);
-# the converter lives with the family's tools in jaxvision.superres.
-def _edsr_converter(name):
-  def fn(sd, **kwargs):
-    from jaxvision.superres import convert_edsr
-    return convert_edsr(sd, name, **kwargs)
-  return fn
-
-
-for _name in ("edsr", "edsr_baseline"):
-  weights.register_converter(_name, task="super_resolution",
-                             help="EDSR-PyTorch state dict; --kwargs scale=2|3|4")(
-                                 _edsr_converter(_name))

@@ -7,8 +7,8 @@
   evaluate   Y-channel PSNR / SSIM with a border of `scale` pixels shaved, output rounded to
              8 bits (the published tables' convention), and the same for bicubic upscaling
   data       HR crops of scale * (patch + 4) pixels, LR by MATLAB-style bicubic downscaling
-             in the grain workers (jaxvision.superres.SRPairs); eval: centre HR crops (or
-             whole images) with LR and bicubic baseline (SREvalPairs)
+             in the grain workers (jaxvision.superres.data.SRPairs); eval: centre HR crops
+             (or whole images) with LR and bicubic baseline (SREvalPairs)
 
 Config keys: model.kwargs.scale, loss, data.{dataset, train_split, eval_split, patch_size,
 eval_crop, eval_max_images, quantize_lr, worker_count}, descriptor.{arch, weights, width}
@@ -22,52 +22,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import superres as sr
-from train.tasks import Task, _apply, pixel_loss, register, to_uint8
-
-
-def sr_make_data(config):
-  from jaxvision import data
-
-  d = config.data
-  scale = int(config.model.kwargs.scale)
-  data_dir = d.get("data_dir") or None
-  train_src = data.get_source(d.dataset, d.train_split, data_dir)
-  eval_src = data.get_source(d.dataset, d.eval_split, data_dir)
-  pairs = sr.SRPairs(scale, int(d.patch_size), quantize_lr=d.get("quantize_lr", True))
-  per_host = config.batch_size // jax.process_count()
-  loader = data.make_train_loader(
-      train_src, batch_size=per_host, crop_size=pairs.crop_size, seed=config.seed,
-      worker_count=d.get("worker_count", 2), post_fn=pairs)
-  eval_batches = data.make_eval_batches(
-      eval_src, crop_size=d.get("eval_crop") or None, max_images=d.get("eval_max_images") or None,
-      post_fn=sr.SREvalPairs(scale, d.get("quantize_lr", True)))
-  return loader, eval_batches
+from jaxvision.core import losses, perceptual
+from jaxvision.core.io import to_uint8
+from jaxvision.core.registry import register_task
+from jaxvision.core.tasks import Task, apply_model
+from jaxvision.superres.data import make_data
+from jaxvision.superres.eval import y_psnr, y_ssim
 
 
 @functools.lru_cache(maxsize=4)
 def _descriptor(weights: str, arch: str, width: float):
-  from jaxvision.models import vgg
-  return vgg.load_descriptor(weights or None, arch=arch, width=width)
+  return perceptual.load_descriptor(weights or None, arch=arch, width=width)
 
 
 def perceptual_terms(config, pred, target):
   """Johnson et al.'s SR objective: feature reconstruction at relu2_2 plus TV."""
-  from jaxvision import losses
   d, p = config.descriptor, config.perceptual
   fn, _ = _descriptor(str(d.get("weights", "") or ""), str(d.get("arch", "vgg16")),
                       float(d.get("width", 1.0)))
   layer = p.get("content_layer", "relu2_2")
   content = losses.content_loss(fn(pred), jax.lax.stop_gradient(fn(target)), layer)
-  tv = (jnp.mean(jnp.square(pred[:, 1:] - pred[:, :-1]))
-        + jnp.mean(jnp.square(pred[:, :, 1:] - pred[:, :, :-1])))
-  return content, tv
+  return content, losses.tv_loss(pred)
 
 
-def sr_loss(model, variables, batch, rng, train, config=None):
+def sr_loss(model, variables, batch, rng, train, config):
   del rng
-  kind = config.get("loss", "l1") if config is not None else "l1"
-  pred, new_state = _apply(model, variables, batch["input"], train)
+  kind = config.get("loss", "l1")
+  pred, new_state = apply_model(model, variables, batch["input"], train)
   target = batch["target"]
   mse = jnp.mean((pred - target) ** 2)
   metrics = {"mse": mse}
@@ -78,27 +59,29 @@ def sr_loss(model, variables, batch, rng, train, config=None):
             + p.get("pixel_weight", 0.0) * mse)
     metrics.update(content=content, tv=tv)
   else:
-    loss = pixel_loss(kind, pred, target)
+    loss = losses.pixel_loss(kind, pred, target)
   return loss, (metrics, new_state)
 
 
-def sr_evaluate(model, variables, batch):
+def sr_evaluate(model, variables, batch, config):
+  del config
   s = int(model.scale)
   pred = jnp.clip(model.apply(variables, batch["input"], train=False), 0.0, 1.0)
   hr, bic = batch["target"], batch["bicubic"]
   return {
-      "psnr_y": sr.y_psnr(pred, hr, s), "ssim_y": sr.y_ssim(pred, hr, s),
-      "bicubic_psnr_y": sr.y_psnr(bic, hr, s), "bicubic_ssim_y": sr.y_ssim(bic, hr, s),
+      "psnr_y": y_psnr(pred, hr, s), "ssim_y": y_ssim(pred, hr, s),
+      "bicubic_psnr_y": y_psnr(bic, hr, s), "bicubic_ssim_y": y_ssim(bic, hr, s),
       "output": pred,
   }
 
 
-def sr_samples(batch, outputs) -> dict[str, np.ndarray]:
+def sr_samples(batch, outputs, config) -> dict[str, np.ndarray]:
   """bicubic | output | HR strips, plus the LR input."""
+  del config
   b, y, t = (to_uint8(a) for a in (batch["bicubic"], outputs["output"], batch["target"]))
   return {"input": to_uint8(batch["input"]), "output": y,
           "bicubic|output|target": np.concatenate([b, y, t], axis=2)}
 
 
-register("super_resolution", Task(make_data=sr_make_data, loss=sr_loss, evaluate=sr_evaluate,
-                                  samples=sr_samples))
+register_task("super_resolution", Task(make_data=make_data, loss=sr_loss, evaluate=sr_evaluate,
+                                       samples=sr_samples))

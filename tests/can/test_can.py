@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxvision import models
-from jaxvision.models.can import apply_tiled, receptive_radius
+from jaxvision.can.models import receptive_radius
+from jaxvision.core.tiling import apply_tiled
 
 
 def _init(model, shape, seed=0):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from skimage import data, restoration, transform
 
-from jaxvision import operators as ops
+from jaxvision.can import operators as ops
 
 REQUIRED = ["l0_smoothing", "rof", "tv_l1", "tone_manipulation", "dehaze", "pencil"]
 ALL_OPS = ops.list_operators()

@@ -10,55 +10,49 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision import classify
+from configs import classify as cfg
+from jaxvision.classification import data as D
 from tests.conftest import run
-
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location(
-    "classify_config", os.path.join(os.path.dirname(__file__), "..", "configs", "classify.py"))
-cfg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cfg)
 
 
 @pytest.mark.parametrize("name,n_train,n_test,k", [("digits", 1438, 359, 10), ("lfw", 160, 40, 2)])
 def test_embedded_splits_are_fixed_disjoint_and_stratified(name, n_train, n_test, k):
-  tr = classify.get_dataset(name, "train", image_size=32)
-  te = classify.get_dataset(name, "test", image_size=32)
+  tr = D.get_dataset(name, "train", image_size=32)
+  te = D.get_dataset(name, "test", image_size=32)
   assert (len(tr), len(te)) == (n_train, n_test)
   assert tr.images.shape[1:] == (32, 32, 3) and tr.images.dtype == np.uint8
   # every class in both splits in the same proportion (±1 image per class)
   ctr, cte = np.bincount(tr.labels, minlength=k), np.bincount(te.labels, minlength=k)
   assert (cte > 0).all() and np.all(np.abs(cte - 0.2 * (ctr + cte)) <= 1)
   labels = np.r_[tr.labels, te.labels]
-  i_tr, i_te = (classify._split_indices(np.sort(labels), 0.2, s) for s in ("train", "test"))
+  i_tr, i_te = (D._split_indices(np.sort(labels), 0.2, s) for s in ("train", "test"))
   assert not set(i_tr) & set(i_te) and len(i_tr) + len(i_te) == len(labels)
-  assert repr(tr) == repr(classify.get_dataset(name, "train", image_size=32))  # stable
-  with pytest.raises(classify.DataError, match="split"):
-    classify.get_dataset(name, "validation")
+  assert repr(tr) == repr(D.get_dataset(name, "train", image_size=32))  # stable
+  with pytest.raises(D.DataError, match="split"):
+    D.get_dataset(name, "validation")
 
 
 def test_unprepared_tfds_dataset_is_a_one_line_error(tmp_path):
-  with pytest.raises(classify.DataError, match="cifar10.*not readable"):
-    classify.get_dataset("cifar10", "train", data_dir=str(tmp_path))
+  with pytest.raises(D.DataError, match="cifar10.*not readable"):
+    D.get_dataset("cifar10", "train", data_dir=str(tmp_path))
 
 
 def test_transforms_shapes_and_ranges():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)
-  e = classify.eval_transform(img, 32, 0.875)
+  e = D.eval_transform(img, 32, 0.875)
   assert e.shape == (32, 32, 3) and e.dtype == np.float32 and 0 <= e.min() <= e.max() <= 1
   for aug in ("inception", "pad_crop", "none"):
-    t = classify.train_transform(img, rng, 24, aug, pad=3, flips=True)
+    t = D.train_transform(img, rng, 24, aug, pad=3, flips=True)
     assert t.shape == (24, 24, 3) and t.dtype == np.float32 and 0 <= t.min() <= t.max() <= 1
   # pad_crop of a same-size image is a shifted copy: the centre of the window is the image
   sq = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-  t = classify.train_transform(sq, np.random.default_rng(1), 16, "pad_crop", pad=0, flips=False)
+  t = D.train_transform(sq, np.random.default_rng(1), 16, "pad_crop", pad=0, flips=False)
   np.testing.assert_array_equal(t, sq / np.float32(255.0))
 
 
 def test_loss_and_topk_match_numpy():
-  from train import task_classify as T
+  from jaxvision.classification import task as T
   rng = np.random.default_rng(0)
   logits = rng.standard_normal((6, 7)).astype(np.float32)
   labels = rng.integers(0, 7, 6).astype(np.int32)
@@ -101,7 +95,7 @@ def test_train_on_digits_then_classify_and_convert(tmp_path, tfds_dir):
   assert m["step"] == 60 and m["eval"]["loss"] < 0.5 * np.log(10)
   assert m["eval"]["top1"] > 0.7 and m["eval"]["top5"] >= m["eval"]["top1"]
   # held-out digits as PNG files through the command line
-  te = classify.get_dataset("digits", "test", image_size=32)
+  te = D.get_dataset("digits", "test", image_size=32)
   paths = []
   for i in range(3):
     p = tmp_path / f"d{i}.png"
@@ -116,17 +110,18 @@ def test_train_on_digits_then_classify_and_convert(tmp_path, tfds_dir):
   lines = out.getvalue().strip().splitlines()
   assert len(lines) == 3 and all(len(l.split(": ", 1)[1].split(", ")) == 5 for l in lines)
   # the command's top-1 (PNG file -> load -> preprocess) is the model's on the arrays
-  from jaxvision import checkpoint as jv_ckpt, models
+  from jaxvision.core import checkpoint as jv_ckpt
+  from jaxvision.core.registry import create_model
   config, variables, _ = jv_ckpt.load_variables(str(wd))
-  model = models.create(config.model.name, **config.model.kwargs)
-  x = np.stack([classify.eval_transform(te.images[i], 32) for i in range(3)])
+  model = create_model(config.model.name, **config.model.kwargs)
+  x = np.stack([D.eval_transform(te.images[i], 32) for i in range(3)])
   want = np.asarray(model.apply(variables, x)).argmax(-1)
   assert [l.split(": ", 1)[1].split(" ")[0] for l in lines] == [str(c) for c in want]
   assert cli.main(["classify", "--checkpoint", str(tmp_path / "nope"), paths[0]]) == 1
 
   # `jaxvision convert` of a reference-named state dict: a workdir holding its weights
-  from jaxvision.models import resnet as R
-  from tests.test_resnet import reference_shapes
+  from jaxvision.classification import convert as C
+  from tests.classification.reference import reference_shapes
   ref = reference_shapes((2, 2, 2, 2), False, width=8, num_classes=4)
   rng = np.random.default_rng(0)
   sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in ref.items()}
@@ -137,6 +132,6 @@ def test_train_on_digits_then_classify_and_convert(tmp_path, tfds_dir):
                      str(tmp_path / "sd.npz"), str(conv)]) == 0
   config, variables, step = jv_ckpt.load_variables(str(conv))
   assert config.task == "classification" and step == 0
-  want = R.load("resnet18", sd, width=8, num_classes=4)
+  want = C.load("resnet18", sd, width=8, num_classes=4)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)

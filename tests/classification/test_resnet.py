@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import models, weights
-from jaxvision.models import resnet as R
+from jaxvision.classification import convert as C
+from jaxvision.classification import models as R
+from jaxvision.core import weights
+from jaxvision.core.registry import create_model, list_models
+from tests.classification.reference import reference_shapes
 
 ARCHS = {  # name: (layers, bottleneck, groups, base_width, se, timm name)
     "resnet18": ((2, 2, 2, 2), False, 1, 64, False, "resnet18"),
@@ -45,50 +48,6 @@ def fast_jit(f, *args):
   return jax.jit(f).lower(*args).compile(compiler_options=FAST_COMPILE)
 
 
-def _make_divisible(v, divisor=8):  # timm's, with round_limit=0 as its SEModule uses
-  return max(divisor, int(v + divisor / 2) // divisor * divisor)
-
-
-def reference_shapes(layers, bottleneck, groups=1, base_width=64, se=False, width=64,
-                     num_classes=1000) -> dict[str, tuple]:
-  """timm/torchvision ResNet state-dict keys and shapes, from their naming rules."""
-  sd = {}
-
-  def conv(k, o, i, ks):
-    sd[k + ".weight"] = (o, i, ks, ks)
-
-  def bn(k, c):
-    for s in ("weight", "bias", "running_mean", "running_var"):
-      sd[f"{k}.{s}"] = (c,)
-    sd[k + ".num_batches_tracked"] = ()
-
-  conv("conv1", width, 3, 7)
-  bn("bn1", width)
-  inp = width
-  for i, n in enumerate(layers):
-    planes = width * 2 ** i
-    for j in range(n):
-      p = f"layer{i + 1}.{j}"
-      if bottleneck:
-        w, out = int(planes * base_width / 64) * groups, planes * 4
-        conv(p + ".conv1", w, inp, 1), bn(p + ".bn1", w)
-        conv(p + ".conv2", w, w // groups, 3), bn(p + ".bn2", w)
-        conv(p + ".conv3", out, w, 1), bn(p + ".bn3", out)
-      else:
-        out = planes
-        conv(p + ".conv1", out, inp, 3), bn(p + ".bn1", out)
-        conv(p + ".conv2", out, out, 3), bn(p + ".bn2", out)
-      if se:
-        r = _make_divisible(out / 16)
-        sd.update({p + ".se.fc1.weight": (r, out, 1, 1), p + ".se.fc1.bias": (r,),
-                   p + ".se.fc2.weight": (out, r, 1, 1), p + ".se.fc2.bias": (out,)})
-      if j == 0 and (i > 0 or inp != out):
-        conv(p + ".downsample.0", out, inp, 1), bn(p + ".downsample.1", out)
-      inp = out
-  sd["fc.weight"], sd["fc.bias"] = (num_classes, inp), (num_classes,)
-  return sd
-
-
 def _n_params(shapes: dict) -> int:
   return sum(int(np.prod(s)) for k, s in shapes.items()
              if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
@@ -105,9 +64,9 @@ def test_parameter_count_and_converter_keys_match_timm(name):
   assert (_n_params(ref), len(ref)) == (count, n_keys)  # the test's rules == timm
   value = {k: np.float32(i) for i, k in enumerate(ref)}
   sd = {k: np.broadcast_to(value[k], s) for k, s in ref.items()}
-  variables = R.load(name, sd)  # traces the model once (jax.eval_shape)
+  variables = C.load(name, sd)  # traces the model once (jax.eval_shape)
   assert weights.param_count(variables["params"]) == count
-  flat = {R.torch_key(tuple(p.key for p in path)[1:]): leaf for path, leaf in
+  flat = {C.torch_key(tuple(p.key for p in path)[1:]): leaf for path, leaf in
           jax.tree_util.tree_flatten_with_path(variables)[0]}
   assert set(flat) == {k for k in ref if not k.endswith("num_batches_tracked")}
   for k, leaf in flat.items():
@@ -119,7 +78,7 @@ def test_converter_layout_and_errors():
   rng = np.random.default_rng(0)
   sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in ref.items()}
   kw = dict(layers=(1, 1, 1, 1), width=8)
-  v = R.load("se_resnet50", sd, num_classes=3, **kw)
+  v = C.load("se_resnet50", sd, num_classes=3, **kw)
   p = v["params"]["layer2_0"]
   np.testing.assert_array_equal(p["conv2"]["kernel"],
                                 sd["layer2.0.conv2.weight"].transpose(2, 3, 1, 0))
@@ -129,13 +88,13 @@ def test_converter_layout_and_errors():
                                 sd["layer2.0.downsample.1.running_var"])
   # a missing key, a stray key and a wrong head size are one-line errors naming the key
   with pytest.raises(weights.WeightsError, match="layer1.0.bn1.running_var"):
-    R.load("se_resnet50", {k: x for k, x in sd.items() if k != "layer1.0.bn1.running_var"},
+    C.load("se_resnet50", {k: x for k, x in sd.items() if k != "layer1.0.bn1.running_var"},
            num_classes=3, **kw)
   with pytest.raises(weights.WeightsError, match="extra.weight"):
-    R.load("se_resnet50", {**sd, "extra.weight": np.zeros(1)}, num_classes=3, **kw)
+    C.load("se_resnet50", {**sd, "extra.weight": np.zeros(1)}, num_classes=3, **kw)
   with pytest.raises(weights.WeightsError, match="num_classes=3"):
-    R.load("se_resnet50", sd, **kw)
-  backbone = R.load("se_resnet50", sd, num_classes=0, **kw)  # headless: fc.* skipped
+    C.load("se_resnet50", sd, **kw)
+  backbone = C.load("se_resnet50", sd, num_classes=0, **kw)  # headless: fc.* skipped
   assert "fc" not in backbone["params"]
   with pytest.raises(weights.WeightsError, match="no converter"):
     weights.convert("spp_net", sd)
@@ -143,7 +102,7 @@ def test_converter_layout_and_errors():
 
 @pytest.mark.parametrize("name", ["resnet50", "se_resnet18"])
 def test_features_interface_full_size(name):
-  model = models.create(name)
+  model = create_model(name)
   out, _ = R.abstract_init(model, (2, 64, 96, 3), features=True)  # no compute
   e = 4 if ARCHS[name][1] else 1
   assert out["logits"].shape == (2, 1000) and out["pre_logits"].shape == (2, 512 * e)
@@ -159,8 +118,8 @@ def test_features_interface_full_size(name):
 # above.
 def _tiny(name):
   if name == "spp_net":
-    return models.create(name, widths=(8, 8, 8, 8, 8), fc_dim=16, num_classes=5)
-  return models.create(name, layers=(1,), num_classes=5, width=16 if "resnext" in name else 8)
+    return create_model(name, widths=(8, 8, 8, 8, 8), fc_dim=16, num_classes=5)
+  return create_model(name, layers=(1,), num_classes=5, width=16 if "resnext" in name else 8)
 
 
 def _np_init(abstract, seed=0):
@@ -206,7 +165,7 @@ def _run_grad_check(model):
 
 @pytest.mark.parametrize("name", list(ARCHS) + ["spp_resnet18", "spp_net"])
 def test_every_model_trains_tiny(name):
-  assert name in models.list_models()
+  assert name in list_models()
   model = _tiny(name)
   variables, (loss, state, grads, feats) = _grad_check(model)
   assert np.isfinite(float(loss))
@@ -310,7 +269,7 @@ def test_forward_parity_with_torch_functional(name, width):
   xt = torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
   want = _torch_resnet({k: torch.from_numpy(v) for k, v in sd.items()}, xt, layers,
                        bottleneck, groups, se).numpy()
-  model = models.create(name, layers=layers, width=width, num_classes=7)
-  variables = R.load(name, sd, layers=layers, width=width, num_classes=7)
+  model = create_model(name, layers=layers, width=width, num_classes=7)
+  variables = C.load(name, sd, layers=layers, width=width, num_classes=7)
   got = fast_jit(model.apply, variables, x)(variables, x)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 import hypothesis.extra.numpy as hnp
 
-from jaxvision import codec
-from jaxvision.codec import JvcError, JvcHeader
+from jaxvision.compression import coding, files
+from jaxvision.compression.files import JvcError, JvcHeader
 
 INT32 = st.integers(-2**31, 2**31 - 1)
 
@@ -32,8 +32,8 @@ def make_tables(rng, n_tables, max_len=24, min_len=3):
 
 
 def roundtrip(sym, idx, tables):
-  data = codec.encode(sym, idx, *tables)
-  out = codec.decode(data, idx, *tables)
+  data = coding.encode(sym, idx, *tables)
+  out = coding.decode(data, idx, *tables)
   assert out.dtype == np.int32 and out.shape == np.shape(sym)
   np.testing.assert_array_equal(out, sym)
   return data
@@ -69,7 +69,7 @@ def test_empty_input():
   tables = make_tables(np.random.default_rng(2), 4)
   empty = np.zeros((0,), np.int32)
   assert roundtrip(empty, empty, tables) == b""
-  out = codec.decode(b"", np.zeros((2, 0), np.int32), *tables)
+  out = coding.decode(b"", np.zeros((2, 0), np.int32), *tables)
   assert out.shape == (2, 0)
 
 
@@ -131,7 +131,7 @@ def golden_inputs():
 def test_deterministic_and_golden():
   sym, idx, tables = golden_inputs()
   a = roundtrip(sym, idx, tables)
-  b = codec.encode(sym.copy(), idx.copy(), *(np.array(t) for t in tables))
+  b = coding.encode(sym.copy(), idx.copy(), *(np.array(t) for t in tables))
   assert a == b
   # Pinned bytes: catches any change in constriction's model quantization or in
   # our stream layout, either of which would make existing files undecodable.
@@ -142,7 +142,7 @@ GOLDEN = "94cb1cb6125d08fa"
 
 
 def test_constriction_model_is_exact_integer_function_of_table():
-  """The determinism argument in codec.py, checked: constriction's 24-bit model
+  """The determinism argument in coding.py, checked: constriction's 24-bit model
   has left cumulatives floor(cdf[j] * (2^24 - n) / 2^16) + j exactly.
 
   Probe: encoding one symbol j into an empty AnsCoder leaves state = left[j].
@@ -150,12 +150,12 @@ def test_constriction_model_is_exact_integer_function_of_table():
   rng = np.random.default_rng(8)
   cdfs, lengths, _ = make_tables(rng, 4, max_len=300)
   for t in range(4):
-    model = codec._model(cdfs[t].astype(np.int64), lengths[t])
+    model = coding._model(cdfs[t].astype(np.int64), lengths[t])
     n = lengths[t] - 1
     want = cdfs[t, :n].astype(np.int64) * (2**24 - n) // 2**16 + np.arange(n)
     got = []
     for j in range(n):
-      c = codec.constriction.stream.stack.AnsCoder()
+      c = coding.constriction.stream.stack.AnsCoder()
       c.encode_reverse(np.array([j], np.int32), model)
       w = c.get_compressed()
       got.append(int(w[0]) if w.size else 0)
@@ -178,18 +178,18 @@ def test_invalid_inputs_raise(bad):
   else:
     idx[0] = 2
   with pytest.raises(ValueError):
-    codec.encode(sym, idx, cdfs, lengths, offsets)
+    coding.encode(sym, idx, cdfs, lengths, offsets)
 
 
 def test_corrupt_stream_raises_value_error():
   tables = make_tables(np.random.default_rng(7), 2)
   sym = np.arange(10, dtype=np.int32)
   idx = np.zeros(10, np.int32)
-  data = codec.encode(sym, idx, *tables)
+  data = coding.encode(sym, idx, *tables)
   with pytest.raises(ValueError):
-    codec.decode(data[:-1], idx, *tables)  # not whole words
+    coding.decode(data[:-1], idx, *tables)  # not whole words
   with pytest.raises(ValueError):
-    codec.decode(data + data, idx, *tables)  # words left over
+    coding.decode(data + data, idx, *tables)  # words left over
 
 
 # ------------------------------------------------------------------ .jvc
@@ -206,7 +206,7 @@ SMALL = (header(), [b"abc", b"", b"\x00\xff" * 5])
 
 def small_file():
   buf = io.BytesIO()
-  codec.write_jvc(buf, *SMALL)
+  files.write_jvc(buf, *SMALL)
   return buf.getvalue()
 
 
@@ -225,21 +225,21 @@ headers = st.builds(
 @given(h=headers, strings=st.lists(st.binary(max_size=64), max_size=20))
 def test_jvc_roundtrip(h, strings):
   buf = io.BytesIO()
-  n = codec.write_jvc(buf, h, strings)
+  n = files.write_jvc(buf, h, strings)
   assert n == len(buf.getvalue())
-  h2, s2 = codec.read_jvc(buf.getvalue())
+  h2, s2 = files.read_jvc(buf.getvalue())
   assert h2 == h and s2 == strings
 
 
 def test_jvc_roundtrip_path_and_bytes_written(tmp_path):
   p = tmp_path / "img.jvc"
-  n = codec.write_jvc(p, *SMALL)
+  n = files.write_jvc(p, *SMALL)
   assert n == os.path.getsize(p)
-  assert codec.read_jvc(p) == SMALL
-  assert codec.read_jvc(str(p)) == SMALL
+  assert files.read_jvc(p) == SMALL
+  assert files.read_jvc(str(p)) == SMALL
   with open(p, "rb") as f:
-    assert codec.read_jvc(f) == SMALL
-  assert codec.read_jvc(memoryview(p.read_bytes())) == SMALL
+    assert files.read_jvc(f) == SMALL
+  assert files.read_jvc(memoryview(p.read_bytes())) == SMALL
   assert os.listdir(tmp_path) == ["img.jvc"]
 
 
@@ -247,7 +247,7 @@ def test_jvc_every_truncation_raises():
   data = small_file()
   for k in range(len(data)):
     with pytest.raises(JvcError):
-      codec.read_jvc(data[:k])
+      files.read_jvc(data[:k])
 
 
 def test_jvc_every_bit_flip_raises():
@@ -255,7 +255,7 @@ def test_jvc_every_bit_flip_raises():
   for i in range(len(data) * 8):
     data[i // 8] ^= 1 << (i % 8)
     with pytest.raises(JvcError):
-      codec.read_jvc(bytes(data))
+      files.read_jvc(bytes(data))
     data[i // 8] ^= 1 << (i % 8)
 
 
@@ -263,30 +263,30 @@ def test_jvc_messages():
   data = small_file()
   for bad in (b"PNG\x00" + data[4:], b"X", b"\x89PNG"):
     with pytest.raises(JvcError, match=r"^not a \.jvc file \(bad magic\)$"):
-      codec.read_jvc(bad)
+      files.read_jvc(bad)
   with pytest.raises(JvcError, match=r"^truncated: magic needs 4 bytes, 3 left$"):
-    codec.read_jvc(b"JVC")
+    files.read_jvc(b"JVC")
   with pytest.raises(JvcError, match=r"format version 7 is not supported \(this jaxvision "
                      r"reads version 1, 2\)"):
-    codec.read_jvc(data[:4] + b"\x07" + data[5:])
+    files.read_jvc(data[:4] + b"\x07" + data[5:])
   bad_crc = data[:-1] + bytes([data[-1] ^ 1])
   with pytest.raises(JvcError, match="CRC mismatch: file is corrupted"):
-    codec.read_jvc(bad_crc)
+    files.read_jvc(bad_crc)
   with pytest.raises(JvcError, match="unexpected bytes after the strings"):
-    codec.read_jvc(data + b"x")
+    files.read_jvc(data + b"x")
   with pytest.raises(JvcError, match=r"^truncated: string 2 needs 10 bytes, 9 left$"):
-    codec.read_jvc(data[:-5] + data[-4:])
+    files.read_jvc(data[:-5] + data[-4:])
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_jvc_random_bytes_raise_jvc_error(data):
   with pytest.raises(JvcError):
-    codec.read_jvc(data)
+    files.read_jvc(data)
   with pytest.raises(JvcError):
-    codec.read_jvc(codec.MAGIC + b"\x01" + data)
+    files.read_jvc(files.MAGIC + b"\x01" + data)
   with pytest.raises(JvcError):
-    codec.read_jvc(codec.MAGIC + b"\x02" + data)
+    files.read_jvc(files.MAGIC + b"\x02" + data)
 
 
 def test_jvc_huge_claimed_length_fails_fast():
@@ -299,7 +299,7 @@ def test_jvc_huge_claimed_length_fails_fast():
   tracemalloc.start()
   t = time.perf_counter()
   with pytest.raises(JvcError, match="truncated: string 0 needs 4294967295 bytes"):
-    codec.read_jvc(bad)
+    files.read_jvc(bad)
   dt = time.perf_counter() - t
   _, peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
@@ -312,40 +312,57 @@ def test_jvc_invalid_header_rejected_on_write(tmp_path):
               header(latent_shapes=[()]), header(latent_shapes=[(1,) * 9]),
               header(latent_shapes=[(2**20 + 1,)])):
     with pytest.raises(JvcError):
-      codec.write_jvc(tmp_path / "x.jvc", bad, [])
+      files.write_jvc(tmp_path / "x.jvc", bad, [])
   with pytest.raises(JvcError):
-    codec.write_jvc(tmp_path / "x.jvc", header(), [b""] * 256)
+    files.write_jvc(tmp_path / "x.jvc", header(), [b""] * 256)
   assert os.listdir(tmp_path) == []
 
 
 def test_jvc_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
   p = tmp_path / "img.jvc"
-  codec.write_jvc(p, *SMALL)
+  files.write_jvc(p, *SMALL)
   before = p.read_bytes()
 
   def boom(src, dst):
     raise OSError("disk full")
-  monkeypatch.setattr(codec.os, "replace", boom)
+  monkeypatch.setattr(files.os, "replace", boom)
   with pytest.raises(OSError, match="disk full"):
-    codec.write_jvc(p, header(quality=9), [b"new"])
+    files.write_jvc(p, header(quality=9), [b"new"])
   assert os.listdir(tmp_path) == ["img.jvc"]
   assert p.read_bytes() == before
+
+
+def test_jvc_errors_are_user_errors_and_missing_folder_is_not_created(tmp_path):
+  from jaxvision.core.errors import FileFormatError, UserError
+  assert issubclass(JvcError, FileFormatError) and issubclass(JvcError, UserError)
+  assert issubclass(JvcError, ValueError)  # what callers of older jaxvision catch
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    files.write_jvc(tmp_path / "no" / "img.jvc", *SMALL)
+  assert os.listdir(tmp_path) == []
+
+
+def test_header_for_builds_plain_int_headers():
+  h = files.header_for("m", np.int64(3), np.int32(5), 7, 1, [np.array([1, 2, 3, 4])], 0xDEADBEEF)
+  assert h == JvcHeader("m", 3, 5, 7, 1, [(1, 2, 3, 4)], tables_crc=0xDEADBEEF)
+  assert all(type(v) is int for v in (h.quality, h.height, h.width, h.channels, h.tables_crc))
+  assert all(type(d) is int for d in h.latent_shapes[0])
+  assert files.header_for("m", 3, 5, 7, 3, [(1, 2)], None).tables_crc is None  # version 1
 
 
 def test_jvc_version2_tables_crc_roundtrip_and_v1_still_read():
   h = JvcHeader("m", 3, 5, 7, 3, [(1, 2, 3, 4)], tables_crc=0xDEADBEEF)
   buf = io.BytesIO()
-  codec.write_jvc(buf, h, [b"abcd"])
+  files.write_jvc(buf, h, [b"abcd"])
   data = buf.getvalue()
   assert data[4] == 2
-  h2, s2 = codec.read_jvc(data)
+  h2, s2 = files.read_jvc(data)
   assert h2 == h and s2 == [b"abcd"]
   # Without a fingerprint the writer keeps the version-1 layout (4 bytes shorter).
   h.tables_crc = None
   buf = io.BytesIO()
-  codec.write_jvc(buf, h, [b"abcd"])
+  files.write_jvc(buf, h, [b"abcd"])
   assert buf.getvalue()[4] == 1 and len(buf.getvalue()) == len(data) - 4
-  assert codec.read_jvc(buf.getvalue())[0].tables_crc is None
+  assert files.read_jvc(buf.getvalue())[0].tables_crc is None
 
 
 def test_encode_sequence_chunks_decode_in_order():
@@ -353,13 +370,13 @@ def test_encode_sequence_chunks_decode_in_order():
   tables = make_tables(rng, 4)
   chunks = [(rng.integers(-30, 40, n).astype(np.int32), rng.integers(0, 4, n).astype(np.int32))
             for n in (5, 0, 17, 3)]
-  data = codec.encode_sequence(chunks, *tables)
-  assert codec.encode_sequence(chunks[:1], *tables) == codec.encode(*chunks[0], *tables)
-  dec = codec.SequenceDecoder(data, *tables)
+  data = coding.encode_sequence(chunks, *tables)
+  assert coding.encode_sequence(chunks[:1], *tables) == coding.encode(*chunks[0], *tables)
+  dec = coding.SequenceDecoder(data, *tables)
   for s, i in chunks:
     np.testing.assert_array_equal(dec.next(i), s)
   dec.finish()
-  dec = codec.SequenceDecoder(data, *tables)
+  dec = coding.SequenceDecoder(data, *tables)
   dec.next(chunks[0][1])
   with pytest.raises(ValueError, match="left after"):
     dec.finish()

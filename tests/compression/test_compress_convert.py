@@ -15,8 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import models, weights
-from jaxvision.models import compression as C
+from jaxvision.compression import convert
+from jaxvision.compression import layers as L
+from jaxvision.compression import models as CM
+from jaxvision.core import weights
+from jaxvision.core.registry import create_model
 
 N, M = 8, 12
 
@@ -24,7 +27,7 @@ N, M = 8, 12
 def _random_params(model, seed=0):
   """Random params of the right shapes without running init (no compile)."""
   rng = np.random.default_rng(seed)
-  shapes = C._param_shapes(model)
+  shapes = convert._param_shapes(model)
   return {"params": jax.tree.map(
       lambda s: jnp.asarray(rng.normal(0, 0.3, s).astype(np.float32)), shapes,
       is_leaf=lambda s: isinstance(s, tuple))}
@@ -38,7 +41,7 @@ def _compressai_like(name, sd):
                                                       else M, 7), np.int32)
   sd["entropy_bottleneck.target"] = np.array([-20.7, 0, 20.7], np.float32)
   if name != "bmshj2018-factorized":
-    sd["gaussian_conditional.scale_table"] = C.GaussianConditional().scales()
+    sd["gaussian_conditional.scale_table"] = L.GaussianConditional().scales()
   if name == "mbt2018":
     sd["context_prediction.mask"] = np.ones_like(sd["context_prediction.weight"])
   for i in range(5):  # published zoo checkpoints: `_matrices.0`, CompressAI 1.2: `matrices.0`
@@ -46,11 +49,11 @@ def _compressai_like(name, sd):
   return sd
 
 
-@pytest.mark.parametrize("name", C.MODEL_NAMES)
+@pytest.mark.parametrize("name", CM.MODEL_NAMES)
 def test_inverse_map_round_trip(name, tmp_path):
-  model = models.create(name, N=N, M=M)
+  model = create_model(name, N=N, M=M)
   variables = _random_params(model, seed=len(name))
-  sd = C.to_compressai(model, variables)
+  sd = convert.to_compressai(model, variables)
   # CompressAI's names and layouts.
   assert sd["g_a.0.weight"].shape == (N, 3, 5, 5)
   assert sd["g_s.0.weight"].shape == (M, N, 5, 5)  # ConvTranspose2d: (in, out, kh, kw)
@@ -94,8 +97,8 @@ def test_deconv_flip_matches_torch():
   x = rng.normal(size=(1, 4, 6, 7)).astype(np.float32)
   want = torch.nn.functional.conv_transpose2d(
       torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=2, output_padding=1).numpy()
-  layer = C._deconv(3)
-  got = layer.apply({"params": {"kernel": C._to_ours(w, "deconv"), "bias": np.zeros(3)}},
+  layer = CM._deconv(3)
+  got = layer.apply({"params": {"kernel": convert._to_ours(w, "deconv"), "bias": np.zeros(3)}},
                     x.transpose(0, 2, 3, 1))
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-4)
 
@@ -172,7 +175,7 @@ def test_real_compressai_state_dict_and_forward(name):
       if k.endswith(("beta", "gamma")):
         p.add_(0.02 * torch.rand_like(p))
   sd = {k: v.numpy() for k, v in net.state_dict().items()}
-  model = models.create(name, N=N, M=M)
+  model = create_model(name, N=N, M=M)
   variables = weights.convert(name, sd, N=N, M=M)
   x = np.random.default_rng(2).random((1, 64, 64, 3)).astype(np.float32)
   with torch.no_grad():

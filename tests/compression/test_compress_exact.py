@@ -1,7 +1,7 @@
 """The coder's CDF choices are exact integer functions of the params and symbols.
 
 h_s (hyperpriors) and mbt2018's context step run as fixed-point networks
-(compression_layers `fx_*`); these tests check them against an independent Python-int
+(jaxvision.compression.layers `fx_*`); these tests check them against an independent Python-int
 reference (scatter-form transposed conv, exact floor division), their invariance to
 summation order and to sub-step float noise in the weights, and their closeness to the
 float model. Params are random numpy arrays of the real shapes (no init compile).
@@ -13,9 +13,10 @@ import functools
 import numpy as np
 import pytest
 
-from jaxvision import models
-from jaxvision.models import compression as C
-from jaxvision.models import compression_layers as L
+from jaxvision.compression import coding, convert
+from jaxvision.compression import layers as L
+from jaxvision.compression import models as CM
+from jaxvision.core.registry import create_model
 
 N, M = 8, 12
 F = L.ACT_FRAC
@@ -23,10 +24,10 @@ F = L.ACT_FRAC
 
 @functools.cache
 def _setup(name, seed=0):
-  model = models.create(name, N=N, M=M)
+  model = create_model(name, N=N, M=M)
   rng = np.random.default_rng(seed)
   params = {}
-  for mod, leaves in C._param_shapes(model).items():
+  for mod, leaves in convert._param_shapes(model).items():
     params[mod] = {}
     for k, shape in leaves.items():
       if k == "kernel":
@@ -113,7 +114,7 @@ def _ref_hs(model, variables, z):
   p = variables["params"]
   wf, bf = L.WEIGHT_FRAC, F + L.WEIGHT_FRAC
   kb = lambda n: (_q(p[n]["kernel"], wf), _q(p[n]["bias"], bf))
-  act = _leaky if isinstance(model, C.MeanScaleHyperprior) else _relu
+  act = _leaky if isinstance(model, CM.MeanScaleHyperprior) else _relu
   med = _q(p["entropy_bottleneck"]["quantiles"][:, 1], F)
   x = _obj(z[0]) * 2 ** F + med
   x = act(_floor(_ref_deconv(x, *kb("h_s_0"), 2, 2)))
@@ -126,22 +127,22 @@ def _ref_hs(model, variables, z):
 def test_fixed_hs_equals_python_int_reference(name):
   model, variables = _setup(name)
   z = _z(1)
-  nets = C.fixed_point_nets(model, variables)
-  got = C.hyper_fixed(nets, z)
+  nets = coding.fixed_point_nets(model, variables)
+  got = coding.hyper_fixed(nets, z)
   want = _ref_hs(model, variables, z)
   assert got.dtype == np.int64 and got.shape == (1, 8, 12, want.shape[-1])
   np.testing.assert_array_equal(got[0].astype(object), want)
   # the int64 path (no float64 BLAS) gives the same integers
-  np.testing.assert_array_equal(C.hyper_fixed(nets, z, force_int64=True), got)
+  np.testing.assert_array_equal(coding.hyper_fixed(nets, z, force_int64=True), got)
 
 
 def test_fixed_context_step_equals_python_int_reference():
   model, variables = _setup("mbt2018")
-  nets = C.fixed_point_nets(model, variables)
+  nets = coding.fixed_point_nets(model, variables)
   rng = np.random.default_rng(2)
   window = rng.integers(-5 * 2 ** F, 5 * 2 ** F, (5, 5, M))
   params = rng.integers(-3 * 2 ** F, 3 * 2 ** F, 2 * M)
-  scales, means = C._fx_ar_step(nets, window, params)
+  scales, means = coding._fx_ar_step(nets, window, params)
   p = variables["params"]
   wf, bf = L.WEIGHT_FRAC, F + L.WEIGHT_FRAC
   mask = L.causal_mask(5)[..., 0, 0]
@@ -161,7 +162,7 @@ def test_fixed_context_step_equals_python_int_reference():
   window2 = window.copy()
   window2[2, 2:] += 12345
   window2[3:] -= 777
-  s2, m2 = C._fx_ar_step(nets, window2, params)
+  s2, m2 = coding._fx_ar_step(nets, window2, params)
   np.testing.assert_array_equal(s2, scales)
   np.testing.assert_array_equal(m2, means)
 
@@ -196,16 +197,16 @@ def _permute_hidden(variables, perm):
 def test_indexes_invariant_to_summation_order_and_subquantum_noise(name):
   model, variables = _setup(name)
   z = _z(4)
-  idx, means = C._fx_hyper(model, C.fixed_point_nets(model, variables), z)
+  idx, means = coding._fx_hyper(model, coding.fixed_point_nets(model, variables), z)
   assert len(np.unique(idx)) > 10  # the indexes span the table
   # (a) a permuted reduction order and a chunked (blocked) matmul: same integers
   c = variables["params"]["h_s_0"]["kernel"].shape[-1]
   perm = np.random.default_rng(5).permutation(c)
-  idx2, means2 = C._fx_hyper(
-      model, C.fixed_point_nets(model, _permute_hidden(variables, perm)), z)
+  idx2, means2 = coding._fx_hyper(
+      model, coding.fixed_point_nets(model, _permute_hidden(variables, perm)), z)
   np.testing.assert_array_equal(idx2, idx)
   np.testing.assert_array_equal(means2, means)
-  layer = C.fixed_point_nets(model, variables).h_s[2].parts[0][-1]  # a (phase) kernel
+  layer = coding.fixed_point_nets(model, variables).h_s[2].parts[0][-1]  # a (phase) kernel
   a = np.random.default_rng(6).integers(-2 ** 20, 2 ** 20, (7, layer.kernel.shape[0]))
   blocked = sum(_obj(a[:, s:s + 37]).dot(_obj(layer.kernel[s:s + 37]))
                 for s in range(0, a.shape[1], 37)) + _obj(layer.bias)
@@ -223,13 +224,13 @@ def test_indexes_invariant_to_summation_order_and_subquantum_noise(name):
   noisy = {"params": p}
   assert any(np.any(noisy["params"][n]["kernel"] != variables["params"][n]["kernel"])
              for n in ("h_s_0", "h_s_2", "h_s_4"))
-  idx3, means3 = C._fx_hyper(model, C.fixed_point_nets(model, noisy), z)
+  idx3, means3 = coding._fx_hyper(model, coding.fixed_point_nets(model, noisy), z)
   np.testing.assert_array_equal(idx3, idx)
   np.testing.assert_array_equal(means3, means)
   med = variables["params"]["entropy_bottleneck"]["quantiles"][:, 1]
   zf = z.astype(np.float32) + med
-  before = C._apply(model, variables, "hyper_synthesis", zf)[0]
-  after = C._apply(model, noisy, "hyper_synthesis", zf)[0]
+  before = coding._apply(model, variables, "hyper_synthesis", zf)[0]
+  after = coding._apply(model, noisy, "hyper_synthesis", zf)[0]
   assert np.any(np.asarray(before) != np.asarray(after))  # the float net did move
 
 
@@ -240,9 +241,9 @@ def test_indexes_invariant_to_summation_order_and_subquantum_noise(name):
 def test_fixed_scales_close_to_float_model(name):
   model, variables = _setup(name)
   z = _z(7)
-  fx = C.hyper_fixed(C.fixed_point_nets(model, variables), z) / 2.0 ** F
+  fx = coding.hyper_fixed(coding.fixed_point_nets(model, variables), z) / 2.0 ** F
   med = variables["params"]["entropy_bottleneck"]["quantiles"][:, 1]
-  scales, means = C._apply(model, variables, "hyper_synthesis",
+  scales, means = coding._apply(model, variables, "hyper_synthesis",
                            z.astype(np.float32) + med)
   flt = np.asarray(scales) if means is None else np.concatenate(
       [np.asarray(scales), np.asarray(means)], -1)
@@ -253,7 +254,7 @@ def test_fixed_scales_close_to_float_model(name):
   # hence the same table row almost everywhere (a different row only within the
   # error of a midpoint)
   gc = L.GaussianConditional()
-  idx_fx = gc.build_indexes_fixed(C.hyper_fixed(C.fixed_point_nets(model, variables), z)[
+  idx_fx = gc.build_indexes_fixed(coding.hyper_fixed(coding.fixed_point_nets(model, variables), z)[
       ..., :M])
   idx_fl = np.searchsorted(gc.midpoints(), flt[..., :M], side="right")
   assert np.mean(idx_fx == idx_fl) > 0.98

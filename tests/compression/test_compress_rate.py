@@ -8,9 +8,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxvision import models
-from jaxvision.models import compression as C
-from jaxvision.models.compression_layers import EntropyBottleneck
+from jaxvision.compression import coding
+from jaxvision.compression import tables as T
+from jaxvision.compression import models as CM
+from jaxvision.compression.layers import EntropyBottleneck
+from jaxvision.core.registry import create_model
 
 STEPS = 300
 
@@ -32,9 +34,9 @@ def _images(rng, n, size):
 
 
 def test_file_size_within_one_percent_of_estimate():
-  from train.tasks import rd_loss
-  model = models.create("bmshj2018-hyperprior", N=8, M=12)
-  config = ml_collections.ConfigDict({"lmbda": C.LAMBDAS[6], "distortion": "mse"})
+  from jaxvision.compression.task import rd_loss
+  model = create_model("bmshj2018-hyperprior", N=8, M=12)
+  config = ml_collections.ConfigDict({"lmbda": CM.LAMBDAS[6], "distortion": "mse"})
   key = jax.random.key(0, impl="rbg")
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": key}, jnp.zeros((1, 64, 64, 3)))
@@ -61,11 +63,11 @@ def test_file_size_within_one_percent_of_estimate():
   p = dict(params)
   p["entropy_bottleneck"] = EntropyBottleneck(8).solve_quantiles(p["entropy_bottleneck"])
   variables = {"params": p}
-  tables = C.update(model, variables)
+  tables = T.update(model, variables)
   x = _images(np.random.default_rng(1), 1, 256)
-  strings, shapes = C.compress(model, variables, tables, x)
+  strings, shapes = coding.compress(model, variables, tables, x)
   actual = 8 * sum(map(len, strings))  # the strings only: the header is extra
-  est = C.estimate_bits(model, variables, x)["total"]
+  est = coding.estimate_bits(model, variables, x)["total"]
   assert abs(actual / est - 1) < 0.01, (actual, est)
-  x_hat = C.decompress(model, variables, tables, strings, shapes, 256, 256)
-  np.testing.assert_array_equal(x_hat, C.reconstruct(model, variables, x))
+  x_hat = coding.decompress(model, variables, tables, strings, shapes, 256, 256)
+  np.testing.assert_array_equal(x_hat, coding.reconstruct(model, variables, x))

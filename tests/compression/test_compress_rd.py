@@ -7,19 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxvision import cli, models, weights
-from jaxvision import rd as jv_rd
-from jaxvision.models import compression as C
-from jaxvision.models.compression_layers import EntropyBottleneck
+from jaxvision import cli
+from jaxvision.compression import coding, convert
+from jaxvision.compression import tables as T
+from jaxvision.compression import rd as jv_rd
+from jaxvision.compression.layers import EntropyBottleneck
+from jaxvision.core import weights
+from jaxvision.core.registry import create_model
+from tests.compression.reference import random_params
 
 NAME, N, M = "bmshj2018-factorized", 8, 12
 
 
 def _workdir(path, quality, seed):
-  model = models.create(NAME, quality=quality, N=N, M=M)
-  rng = np.random.default_rng(seed)
-  p = jax.tree.map(lambda s: rng.normal(0, 0.2, s).astype(np.float32), C._param_shapes(model),
-                   is_leaf=lambda s: isinstance(s, tuple))
+  model = create_model(NAME, quality=quality, N=N, M=M)
+  p = random_params(convert._param_shapes(model), seed)
   p["entropy_bottleneck"] = EntropyBottleneck(M).solve_quantiles(p["entropy_bottleneck"])
   variables = {"params": jax.tree.map(jnp.asarray, p)}
   weights.save_workdir(str(path), variables, task="compression", model_name=NAME,
@@ -56,8 +58,8 @@ def test_rd_command_two_tiny_images(tmp_path, capsys):
     assert np.isclose(ours[0][k], np.mean([per[n][0][k] for n in per]))
   img = np.asarray(Image.open(files[1]))
   x = img[None].astype(np.float32) / 255
-  strings, _ = C.compress(model, variables, C.update(model, variables), x)
-  dec = (C.reconstruct(model, variables, x)[0] * 255 + 0.5).astype(np.uint8)
+  strings, _ = coding.compress(model, variables, T.update(model, variables), x)
+  dec = (coding.reconstruct(model, variables, x)[0] * 255 + 0.5).astype(np.uint8)
   mse = np.mean((dec.astype(np.float64) - img) ** 2)
   assert np.isclose(per["im1.png"][0]["psnr"], 10 * np.log10(255 ** 2 / mse), atol=1e-3)
   assert per["im1.png"][0]["bytes"] > sum(map(len, strings))  # + header and CRC

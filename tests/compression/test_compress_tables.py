@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision import checkpoint as jv_ckpt
-from jaxvision import cli, codec, models, weights
-from jaxvision.models import compression as C
-from jaxvision.models.compression_layers import EntropyBottleneck
+from jaxvision import cli
+from jaxvision.compression import coding, convert, files
+from jaxvision.compression import tables as T
+from jaxvision.compression.layers import EntropyBottleneck
+from jaxvision.core import checkpoint as jv_ckpt
+from jaxvision.core import weights
+from jaxvision.core.registry import create_model
+from tests.compression.reference import random_params
 
 NAME, N, M = "bmshj2018-factorized", 8, 12
 
 
 def _variables(seed):
   """Plausible params without init (no compile): random weights, exact quantiles."""
-  model = models.create(NAME, quality=3, N=N, M=M)
-  rng = np.random.default_rng(seed)
-  p = jax.tree.map(lambda s: rng.normal(0, 0.2, s).astype(np.float32), C._param_shapes(model),
-                   is_leaf=lambda s: isinstance(s, tuple))
+  model = create_model(NAME, quality=3, N=N, M=M)
+  p = random_params(convert._param_shapes(model), seed)
   p["entropy_bottleneck"] = EntropyBottleneck(M).solve_quantiles(p["entropy_bottleneck"])
   return model, {"params": jax.tree.map(jnp.asarray, p)}
 
@@ -35,28 +37,28 @@ def _same(a, b):
 
 def test_update_twice_and_saved_tables_identical(tmp_path):
   model, variables = _variables(0)
-  t1, t2 = C.update(model, variables), C.update(model, variables)
+  t1, t2 = T.update(model, variables), T.update(model, variables)
   _same(t1, t2)
-  hyper = models.create("mbt2018", N=N, M=M)
-  assert C.tables_crc(C.update(hyper, {"params": {"entropy_bottleneck": variables["params"][
-      "entropy_bottleneck"]}})) == C.tables_crc(C.update(hyper, {"params": {
+  hyper = create_model("mbt2018", N=N, M=M)
+  assert T.tables_crc(T.update(hyper, {"params": {"entropy_bottleneck": variables["params"][
+      "entropy_bottleneck"]}})) == T.tables_crc(T.update(hyper, {"params": {
           "entropy_bottleneck": variables["params"]["entropy_bottleneck"]}}))
   # saved once per step, then read back (not rebuilt: the file's mtime stays)
-  tables = C.checkpoint_tables(str(tmp_path), 7, model, variables)
-  path = tmp_path / C.TABLES_DIR / "7.npz"
+  tables = T.checkpoint_tables(str(tmp_path), 7, model, variables)
+  path = tmp_path / T.TABLES_DIR / "7.npz"
   mtime = path.stat().st_mtime_ns
-  again = C.checkpoint_tables(str(tmp_path), 7, model, variables)
+  again = T.checkpoint_tables(str(tmp_path), 7, model, variables)
   _same(tables, t1)
   _same(again, t1)
   assert path.stat().st_mtime_ns == mtime
-  assert C.tables_crc(again) == C.tables_crc(t1)
+  assert T.tables_crc(again) == T.tables_crc(t1)
   # other params under the same step number (a run trained afresh): rebuilt
   model2, variables2 = _variables(1)
-  other = C.checkpoint_tables(str(tmp_path), 7, model2, variables2)
-  assert C.tables_crc(other) != C.tables_crc(t1)
+  other = T.checkpoint_tables(str(tmp_path), 7, model2, variables2)
+  assert T.tables_crc(other) != T.tables_crc(t1)
   path.write_bytes(b"not an npz")
   with pytest.raises(ValueError, match="unreadable CDF tables"):
-    C.checkpoint_tables(str(tmp_path), 7, model, variables)
+    T.checkpoint_tables(str(tmp_path), 7, model, variables)
 
 
 def test_checkpoint_restored_decodes_files_written_before(tmp_path, capsys):
@@ -68,22 +70,22 @@ def test_checkpoint_restored_decodes_files_written_before(tmp_path, capsys):
   Image.fromarray(img).save(tmp_path / "in.png")
   jvc, png = str(tmp_path / "a.jvc"), str(tmp_path / "a.png")
   assert cli.main(["compress", "--checkpoint", work, str(tmp_path / "in.png"), jvc]) == 0
-  header, strings = codec.read_jvc(jvc)
-  saved, _ = C.load_tables(os.path.join(work, C.TABLES_DIR, "0.npz"))
-  assert header.tables_crc == C.tables_crc(saved)
+  header, strings = files.read_jvc(jvc)
+  saved, _ = T.load_tables(os.path.join(work, T.TABLES_DIR, "0.npz"))
+  assert header.tables_crc == T.tables_crc(saved)
   # A fresh restore of the checkpoint (as another process would) decodes it.
   _, restored, step = jv_ckpt.load_variables(work)
   assert step == 0
-  x = C.decompress(model, restored, saved, strings, header.latent_shapes, 50, 70)
+  x = coding.decompress(model, restored, saved, strings, header.latent_shapes, 50, 70)
   np.testing.assert_array_equal(
-      x, C.reconstruct(model, variables, img[None].astype(np.float32) / 255))
+      x, coding.reconstruct(model, variables, img[None].astype(np.float32) / 255))
   assert cli.main(["decompress", "--checkpoint", work, jvc, png]) == 0
   got = np.asarray(Image.open(png))
   assert np.array_equal(got, (x[0] * 255 + 0.5).astype(np.uint8))
   # Other tables than the file's: a clear one-line error, no output.
   _, other = _variables(3)
-  C.save_tables(os.path.join(work, C.TABLES_DIR, "0.npz"), C.update(model, other),
-                C.params_crc(variables))
+  T.save_tables(os.path.join(work, T.TABLES_DIR, "0.npz"), T.update(model, other),
+                T.params_crc(variables))
   capsys.readouterr()
   out = tmp_path / "b.png"
   assert cli.main(["decompress", "--checkpoint", work, jvc, str(out)]) == 1

@@ -3,9 +3,10 @@ codes real bitstreams that decode to the model's own quantized reconstruction.""
 import numpy as np
 import pytest
 
-from jaxvision import checkpoint as jv_ckpt
-from jaxvision import models
-from jaxvision.models import compression as C
+from jaxvision.compression import coding
+from jaxvision.compression import tables as T
+from jaxvision.core import checkpoint as jv_ckpt
+from jaxvision.core.registry import create_model
 from tests.conftest import run, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -25,13 +26,13 @@ def test_train_then_code(tmp_path, tfds_dir, capsys):
   assert "done: step 4" in p.stdout and "bpp" in p.stdout
   config, variables, step = jv_ckpt.load_variables(str(work))
   assert step == 4 and config.lmbda == 0.0035
-  model = models.create(config.model.name, **config.model.kwargs)
+  model = create_model(config.model.name, **config.model.kwargs)
   assert (model.N, model.M) == (8, 12)
-  tables = C.update(model, variables)
+  tables = T.update(model, variables)
   x = np.random.default_rng(0).random((1, 70, 90, 3)).astype(np.float32)
-  strings, shapes = C.compress(model, variables, tables, x)
-  y = C.decompress(model, variables, tables, strings, shapes, 70, 90)
-  np.testing.assert_allclose(y, C.reconstruct(model, variables, x), atol=1e-6)
+  strings, shapes = coding.compress(model, variables, tables, x)
+  y = coding.decompress(model, variables, tables, strings, shapes, 70, 90)
+  np.testing.assert_allclose(y, coding.reconstruct(model, variables, x), atol=1e-6)
 
   # The command line: real .jvc files, decoded to the same reconstruction.
   from PIL import Image
@@ -41,7 +42,7 @@ def test_train_then_code(tmp_path, tfds_dir, capsys):
   jvc, png = str(tmp_path / "a.jvc"), str(tmp_path / "a.png")
   assert cli.main(["compress", "--checkpoint", str(work), str(tmp_path / "in.png"), jvc]) == 0
   assert cli.main(["decompress", "--checkpoint", str(work), jvc, png]) == 0
-  want = C.reconstruct(model, variables, img[None].astype(np.float32) / 255)[0]
+  want = coding.reconstruct(model, variables, img[None].astype(np.float32) / 255)[0]
   got = np.asarray(Image.open(png)).astype(np.float32) / 255
   assert got.shape == (70, 90, 3) and np.abs(got - want).max() <= 0.5 / 255 + 1e-6
   # Damaged files: one-line error, exit 1, no output written.

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from jaxvision import models
-from jaxvision.models import compression as C  # registers the codecs
-from jaxvision.models.compression_layers import EntropyBottleneck
+from jaxvision.compression import coding
+from jaxvision.compression import tables as T
+from jaxvision.compression import models as CM  # registers the codecs
+from jaxvision.compression.layers import EntropyBottleneck
+from jaxvision.core.registry import create_model
 
 NAMES = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
 N, M = 8, 12
@@ -33,10 +35,10 @@ def _image(seed, h, w):
 @functools.cache
 def _setup(name):
   """(model, random-init variables, tables); init jitted (eager init is slow)."""
-  model = models.create(name, N=N, M=M)
+  model = create_model(name, N=N, M=M)
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init({"params": _key(0)}, jnp.zeros((1, 128, 128, 3)))
-  return model, variables, C.update(model, variables)
+  return model, variables, T.update(model, variables)
 
 
 @functools.cache
@@ -54,19 +56,19 @@ def _plausible(name):
     bias[:M] = 4.0  # the scale half (means, if any, stay near 0)
     p["h_s_4"] = {"kernel": p["h_s_4"]["kernel"] * 0.1, "bias": jnp.asarray(bias)}
   variables = {"params": p}
-  return model, variables, C.update(model, variables)
+  return model, variables, T.update(model, variables)
 
 
 def test_registry_quality_table():
-  assert C.LAMBDAS[1] == 0.0018 and C.LAMBDAS[8] == 0.18 and len(C.LAMBDAS) == 8
+  assert CM.LAMBDAS[1] == 0.0018 and CM.LAMBDAS[8] == 0.18 and len(CM.LAMBDAS) == 8
   for name, split in [("bmshj2018-factorized", 5), ("bmshj2018-hyperprior", 5),
                       ("mbt2018-mean", 4)]:
     for q in range(1, 9):
-      m = models.create(name, quality=q)
+      m = create_model(name, quality=q)
       assert (m.N, m.M) == ((128, 192) if q <= split else (192, 320))
     with pytest.raises(ValueError):
-      models.create(name, quality=9)
-  assert isinstance(models.create("mbt2018-mean", N=8, M=12), C.MeanScaleHyperprior)
+      create_model(name, quality=9)
+  assert isinstance(create_model("mbt2018-mean", N=8, M=12), CM.MeanScaleHyperprior)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -92,12 +94,12 @@ def test_decompress_equals_quantized_forward(name, h, w, seed):
   assume(h % 64 or w % 64)
   model, variables, tables = _setup(name)
   x = _image(seed, h, w)
-  strings, shapes = C.compress(model, variables, tables, x)
-  assert shapes == C.latent_shapes_for(model, h, w)
-  x_hat = C.decompress(model, variables, tables, strings, shapes, h, w)
+  strings, shapes = coding.compress(model, variables, tables, x)
+  assert shapes == coding.latent_shapes_for(model, h, w)
+  x_hat = coding.decompress(model, variables, tables, strings, shapes, h, w)
   assert x_hat.shape == x.shape
   # The decoder reproduces the eval-mode forward (round around median / mean).
-  np.testing.assert_allclose(x_hat, C.reconstruct(model, variables, x), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(x_hat, coding.reconstruct(model, variables, x), rtol=0, atol=1e-6)
   assert x_hat.min() >= 0 and x_hat.max() <= 1
 
 
@@ -105,16 +107,16 @@ def test_small_image_roundtrip():
   """Smaller than one 64-pixel block (pads to 64x64)."""
   model, variables, tables = _setup("bmshj2018-factorized")
   x = _image(3, 40, 56)
-  strings, shapes = C.compress(model, variables, tables, x)
-  x_hat = C.decompress(model, variables, tables, strings, shapes, 40, 56)
+  strings, shapes = coding.compress(model, variables, tables, x)
+  x_hat = coding.decompress(model, variables, tables, strings, shapes, 40, 56)
   assert x_hat.shape == (1, 40, 56, 3)
-  np.testing.assert_allclose(x_hat, C.reconstruct(model, variables, x), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(x_hat, coding.reconstruct(model, variables, x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_update_is_idempotent(name):
   model, variables, tables = _setup(name)
-  again = C.update(model, variables)
+  again = T.update(model, variables)
   assert set(again) == set(tables)
   for k in tables:
     for a, b in zip(tables[k], again[k]):
@@ -127,25 +129,25 @@ def test_actual_bits_near_estimate(name):
   # steps (scales that fit y; the training task checks it).
   model, variables, tables = _plausible(name)
   x = _image(7, 128, 128)
-  strings, _ = C.compress(model, variables, tables, x)
+  strings, _ = coding.compress(model, variables, tables, x)
   actual = 8 * sum(map(len, strings))
-  est = C.estimate_bits(model, variables, x)
+  est = coding.estimate_bits(model, variables, x)
   assert abs(actual / est["total"] - 1) < 0.05, (actual, est)
   # and the plausible params still round-trip
-  x_hat = C.decompress(model, variables, tables, strings, *_shapes(model, x))
-  np.testing.assert_allclose(x_hat, C.reconstruct(model, variables, x), rtol=0, atol=1e-6)
+  x_hat = coding.decompress(model, variables, tables, strings, *_shapes(model, x))
+  np.testing.assert_allclose(x_hat, coding.reconstruct(model, variables, x), rtol=0, atol=1e-6)
 
 
 def _shapes(model, x):
-  return C.latent_shapes_for(model, *x.shape[1:3]), x.shape[1], x.shape[2]
+  return coding.latent_shapes_for(model, *x.shape[1:3]), x.shape[1], x.shape[2]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_corrupt_strings_raise(name):
   model, variables, tables = _setup(name)
   x = _image(5, 100, 90)
-  strings, shapes = C.compress(model, variables, tables, x)
-  dec = functools.partial(C.decompress, model, variables, tables)
+  strings, shapes = coding.compress(model, variables, tables, x)
+  dec = functools.partial(coding.decompress, model, variables, tables)
   for i, s in enumerate(strings):
     for bad in (s[:-4], s + b"\x01\x00\x00\x00", s[:-1]):  # truncated, extra word, odd
       broken = list(strings)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import special
 
-from jaxvision.models.compression_layers import (
+from jaxvision.compression.layers import (
     GDN, EntropyBottleneck, GaussianConditional, nonneg_init, pmf_to_quantized_cdf,
     scale_table)
 
@@ -345,24 +345,24 @@ def test_gaussian_table_code_length():
 
 
 def test_tables_round_trip_through_codec(eb_fitted):
-  """The layout matches jaxvision.codec (escape = last symbol): exact round trip,
+  """The layout matches jaxvision.compression.coding (escape = last symbol): exact round trip,
   escapes included, and the stream costs about the ideal code length."""
-  from jaxvision import codec
+  from jaxvision.compression import coding
   model, v = eb_fitted
   t = model.update(v)
   y = _normal(3, (1, 8, 8, C), 6.0)
   y[0, 0, 0] = 1e4  # far outside the support: escaped, still exact
   sym = np.asarray(_jit(model, method="quantize", mode="symbols")(v, y))
   idx = np.asarray(model.build_indexes(sym.shape))
-  data = codec.encode(sym, idx, *t)
-  np.testing.assert_array_equal(codec.decode(data, idx, *t), sym)
+  data = coding.encode(sym, idx, *t)
+  np.testing.assert_array_equal(coding.decode(data, idx, *t), sym)
   gc = GaussianConditional()
   tg = gc.update()
   scales = np.exp(np.random.default_rng(4).uniform(np.log(0.05), np.log(300), 4096))
   sym = np.round(np.random.default_rng(5).normal(size=4096) * scales).astype(np.int32)
   idx = np.asarray(_build_indexes(scales.astype(np.float32)))
-  data = codec.encode(sym, idx, *tg)
-  np.testing.assert_array_equal(codec.decode(data, idx, *tg), sym)
+  data = coding.encode(sym, idx, *tg)
+  np.testing.assert_array_equal(coding.decode(data, idx, *tg), sym)
   inside = (sym - tg.offsets[idx] >= 0) & (sym - tg.offsets[idx] < tg.cdf_lengths[idx] - 2)
   assert inside.all()
   ideal = _code_lengths(tg, idx, sym).sum()

@@ -1,4 +1,4 @@
-"""Tests for jaxvision.rd: Bjøntegaard deltas, Pillow RD points, the full evaluate()."""
+"""Tests for jaxvision.compression.rd: Bjøntegaard deltas, Pillow RD points, evaluate()."""
 import io
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from jaxvision import metrics, rd
+from jaxvision.compression import rd
+from jaxvision.core import metrics
 
 # A smooth, made-up RD curve: PSNR rises ~6 dB per doubling of rate at low rate.
 RATES = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
@@ -108,7 +109,7 @@ def test_jpeg_rd_point_monotone_and_exact(photo):
   assert p["bpp"] == pytest.approx(8 * p["bytes"] / (128 * 128))
   assert math.isnan(p["ms_ssim"])  # 128 px <= 160: too small for 5-scale MS-SSIM
   assert p["encode_s"] > 0 and p["decode_s"] > 0
-  # PSNR is jaxvision.metrics.psnr of the decoded image (JPEG encoding is deterministic).
+  # PSNR is jaxvision.core.metrics.psnr of the decoded image (JPEG encoding is deterministic).
   data = rd.encode(photo, "jpeg", 50)
   assert len(data) == p["bytes"]
   dec = rd.decode(data)

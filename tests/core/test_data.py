@@ -14,8 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxvision import data
-from jaxvision.data import DataError
+from jaxvision.core import data
+from jaxvision.core.errors import DataError
 
 GRID_N, GRID_H, GRID_W = 10, 40, 48
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from jaxvision.layers import conv_general_dilated
+from jaxvision.core.layers import conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
 

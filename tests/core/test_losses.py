@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import losses as L
+from jaxvision.core import losses as L
 
 
 def feats(seed, shapes):

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from jaxvision import metrics
+from jaxvision.core import metrics
 
 SSIM_ATOL = 1e-5  # vs skimage (float64), brief's tolerance
 PSNR_ATOL = 1e-4  # dB, vs skimage (float64)

@@ -10,19 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import faces, models
-from jaxvision.models import mtcnn as M
+from jaxvision.core.registry import create_model
+from jaxvision.faces import boxes as geometry
+from jaxvision.faces import detector as faces
 
 SIZES = {"12net": 12, "24net": 24, "48net": 48, "12cal": 12, "24cal": 24, "48cal": 48}
 CFG = faces.DetectorConfig(kind="cascade-cnn", thresholds=(0.0, 0.7, 0.7), min_face=24,
                            per_scale=32, proposals=64, stage2=32, stage3=16)
-IDENTITY = M.calibration_label(1.0, 0.0, 0.0)
-SHIFT = M.calibration_label(1.21, -0.17, 0.17)
+IDENTITY = geometry.calibration_label(1.0, 0.0, 0.0)
+SHIFT = geometry.calibration_label(1.21, -0.17, 0.17)
 
 
 def _net(stage, seed=0, logits=None):
   """A width-1/4 net; with `logits`, the last layer is zero but its bias: constant output."""
-  m = models.create(f"cascade-{stage}", width=0.25)  # (jit vs eager: tests/test_faces.py)
+  m = create_model(f"cascade-{stage}", width=0.25)  # (jit vs eager: test_faces.py)
   s = SIZES[stage]
   v = m.init(jax.random.key(seed), jnp.zeros((1, s, s, 3)))
   if logits is not None:
@@ -52,9 +53,9 @@ def test_12cal_moves_each_proposal_by_its_pattern():
   np.testing.assert_array_equal(cal["valid"][0], ok)
   np.testing.assert_array_equal(cal["scores"][0], alone["scores"][0])
   b = alone["boxes"][0][ok]
-  _, inside = faces.crop_regions(jnp.asarray(b), *img.shape[:2])
+  _, inside = geometry.crop_regions(jnp.asarray(b), *img.shape[:2])
   probs = np.asarray(jax.nn.softmax(jnp.asarray(_onehot(SHIFT))))[None].repeat(len(b), 0)
-  want = np.where(np.asarray(inside)[:, None], M.apply_calibration(b, probs, 0.1), b)
+  want = np.where(np.asarray(inside)[:, None], geometry.apply_calibration(b, probs, 0.1), b)
   np.testing.assert_allclose(cal["boxes"][0][ok], want, rtol=1e-5, atol=1e-3)
   # the pattern maps a window scaled by 1.21 and shifted back to the face it came from
   w = b[:, 2] - b[:, 0]
@@ -81,7 +82,7 @@ def test_full_cascade_known_pass_through_and_batch():
     d = np.abs(boxes[:, None, :] - prop[None]).max(-1).min(1)
     assert np.all(d < 1e-3), d
     # after the last NMS (IoU 0.7) no two faces overlap more than that
-    iou = np.array(jax.vmap(lambda x: faces.overlap(x, jnp.asarray(boxes)))(jnp.asarray(boxes)))
+    iou = np.array(jax.vmap(lambda x: geometry.overlap(x, jnp.asarray(boxes)))(jnp.asarray(boxes)))
     np.fill_diagonal(iou, 0.0)
     assert iou.max() <= CFG.nms[3] + 1e-6
     # one image at a time gives the same faces as the batch
@@ -89,3 +90,42 @@ def test_full_cascade_known_pass_through_and_batch():
     np.testing.assert_allclose(one["boxes"][0][ok], boxes, atol=1e-4)
   # detect(): Cascade CNN has no landmarks
   assert all(f["landmarks"] == [] for f in det.detect(a)[0])
+
+
+def _rows_match(a, b, atol):
+  """Same number of rows, and every row of a has one within atol in b (order free)."""
+  assert a.shape == b.shape, (a.shape, b.shape)
+  d = np.abs(a[:, None, :] - b[None]).max(-1)
+  assert d.min(1).max() <= atol and d.min(0).max() <= atol
+
+
+def test_mining_proposes_the_windows_the_detector_scores():
+  """Mining through previous stages (mining.propose, numpy) uses the detector's geometry:
+  with every threshold open and no suppression, the first stage's windows (the cells of the
+  pyramid levels, squared after a zero regression) and the 12-cal's correction are the
+  detector's own."""
+  from jaxvision.faces import mining
+  img = _image(40, 52)
+  wide_open = dict(thresholds=(0.0, 0.0, 0.0), nms=(1.0, 1.0, 1.0, 1.0), min_face=20,
+                   per_scale=256, proposals=1024, stage2=1024, stage3=1024)
+  # MTCNN: a P-Net whose box head outputs zero offsets.
+  pnet = create_model("mtcnn-pnet", width=0.25)
+  v = pnet.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+  p = dict(v["params"])
+  p["box"] = jax.tree.map(jnp.zeros_like, p["box"])
+  v = {"params": p}
+  r = faces.FaceDetector({"pnet": (pnet, v)}, faces.DetectorConfig(**wide_open)).raw(img)
+  det = r["boxes"][0][r["valid"][0]]
+  stage = mining.Stage("mtcnn-pnet", 12, "detect", pnet, v, threshold=-1.0)
+  mined = mining.propose(img, [stage], min_size=20)
+  assert len(mined) == len(geometry.pyramid_windows(40, 52, 20)) > 50
+  _rows_match(mined, det, 0.0)
+  # Cascade CNN: the 12-net's windows (its own cell count), moved by a sure 12-cal.
+  nets = {"12net": _net("12net"), "12cal": _net("12cal", logits=_onehot(SHIFT))}
+  r = faces.FaceDetector(nets, faces.DetectorConfig(kind="cascade-cnn", **wide_open)).raw(img)
+  det = r["boxes"][0][r["valid"][0]]
+  stages = [mining.Stage("cascade-12net", 12, "detect", *nets["12net"], threshold=-1.0),
+            mining.Stage("cascade-12cal", 12, "calibration", *nets["12cal"])]
+  mined = mining.propose(img, stages, min_size=20)
+  assert len(mined) == len(geometry.pyramid_windows(40, 52, 20, kind="cascade-cnn"))
+  _rows_match(mined, det, 1e-4)

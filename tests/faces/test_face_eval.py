@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision import face_eval as fe
+from jaxvision.faces import eval as fe
 
 
 def box(x, y, h):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import task_faces as tf_
+from jaxvision.faces import task as tf_
 from tests.conftest import run
 
 
@@ -107,22 +107,23 @@ def test_pnet_trains_on_the_embedded_faces_then_feeds_the_next_stage(tmp_path, t
   assert {"accuracy", "recall", "box_mse", "negative_pass_rate"} <= set(m["eval"])
   assert json.load(open(wd / "config.json"))["data"]["previous_stages"] == []
   # The trained P-Net as the previous stage: what it lets through, refined and squared.
-  from jaxvision import face_data as fd
-  stage = fd.load_stage(str(wd), threshold=-1.0)
+  from jaxvision.faces import boxes as geometry
+  from jaxvision.faces import mining
+  stage = mining.load_stage(str(wd), threshold=-1.0)
   assert stage.name == "mtcnn-pnet" and stage.size == 12 and stage.kind == "detect"
   img = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
-  n = len(fd.pyramid_windows(48, 48, 20))
-  everything = fd.propose(img, [stage])
+  n = len(geometry.pyramid_windows(48, 48, 20))
+  everything = mining.propose(img, [stage])
   assert everything.shape == (n, 4)
   np.testing.assert_allclose(everything[:, 2] - everything[:, 0],
                              everything[:, 3] - everything[:, 1], rtol=1e-4)  # squared
   stage.threshold = 1.0
-  assert fd.propose(img, [stage]).shape == (0, 4)
+  assert mining.propose(img, [stage]).shape == (0, 4)
   rec = {"image": img, "boxes": np.array([[10, 10, 34, 34]], np.float32)}
   stage.threshold = -1.0
-  s = fd.mine_image(rec, fd.MiningOptions(size=24), np.random.default_rng(0),
-                    proposals=fd.propose(img, [stage]))
-  assert s["crops"].shape[1:] == (24, 24, 3) and fd.counts_by_category(s)["negative"] > 0
+  s = mining.mine_image(rec, mining.MiningOptions(size=24), np.random.default_rng(0),
+                        proposals=mining.propose(img, [stage]))
+  assert s["crops"].shape[1:] == (24, 24, 3) and mining.counts_by_category(s)["negative"] > 0
 
 
 def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
@@ -147,3 +148,22 @@ def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
        "--model", "cascade-cnn", "--checkpoint", str(wcal)], tfds_dir)
   faces = json.load(open(out))[str(img)]
   assert all(f["landmarks"] == [] and 0.0 <= f["score"] <= 1.0 for f in faces)
+
+
+def test_eval_threshold_comes_from_the_config():
+  """The stage threshold of the recall / pass-rate metrics is config.data.threshold (not a
+  value carried in the eval batches)."""
+  import ml_collections
+  from jaxvision.core.registry import get_task
+  from jaxvision.faces import models
+  model = models.PNet(width=0.25)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+  rng = np.random.default_rng(0)
+  batch = {"input": jnp.asarray(rng.uniform(-1, 1, (8, 12, 12, 3)), jnp.float32),
+           "label": jnp.asarray([0, 1, 2, 3, 0, 1, 0, 1]),
+           "box": jnp.zeros((8, 4)), "landmarks": jnp.zeros((8, 10))}
+  task = get_task("face_cascade")
+  for thr, want in ((-1.0, 1.0), (1.0, 0.0)):
+    config = ml_collections.ConfigDict({"data": {"threshold": thr}})
+    m = task.evaluate(model, variables, batch, config)
+    assert float(m["recall"][0]) == want and float(m["negative_pass_rate"][0]) == want

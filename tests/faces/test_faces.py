@@ -1,7 +1,6 @@
 """Face-detection pipeline: NMS, crops, the compiled MTCNN cascade vs the reference, CLI."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,28 +10,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxvision import faces
+from jaxvision.faces import boxes as geometry, detector as faces
+from jaxvision.faces.convert import MTCNNWeightsError
+from tests.faces import reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF = os.path.join(ROOT, "tests", "data", "mtcnn_reference.json")
-
-
-def _face_reference():
-  spec = importlib.util.spec_from_file_location(
-      "face_reference", os.path.join(ROOT, "benchmarks", "face_reference.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+REF = reference.REFERENCE_JSON
 
 
 @pytest.fixture(scope="module")
 def photos():
-  return _face_reference().photos()
+  return reference.photos()
 
 
 @pytest.fixture(scope="module")
 def detector():
-  from jaxvision.models.mtcnn import MTCNNWeightsError
   try:
     return faces.mtcnn_detector()
   except MTCNNWeightsError as e:
@@ -61,9 +52,9 @@ def _greedy_nms_numpy(boxes, scores, thr, mode="union", plus_one=False):
 
 
 K = 12
-_nms_union = jax.jit(lambda b, s, v: faces.nms(b, s, v, 0.5))
-_nms_min = jax.jit(lambda b, s, v: faces.nms(b, s, v, 0.7, mode="min", plus_one=True))
-_overlap = jax.jit(jax.vmap(lambda b, bs: faces.overlap(b, bs), in_axes=(0, None)))
+_nms_union = jax.jit(lambda b, s, v: geometry.nms(b, s, v, 0.5))
+_nms_min = jax.jit(lambda b, s, v: geometry.nms(b, s, v, 0.7, mode="min", plus_one=True))
+_overlap = jax.jit(jax.vmap(lambda b, bs: geometry.overlap(b, bs), in_axes=(0, None)))
 
 box_sets = st.lists(
     st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30),
@@ -131,9 +122,9 @@ def test_area_crops_match_adaptive_pooling():
   regions = np.array([[0, 37, 0, 53], [3, 30, 5, 14], [10, 11, 20, 21], [2, 40 - 3, 7, 50]],
                      np.int32)
   sizes = [(24, 24), (7, 5)]
-  sat = faces.integral_image(jnp.asarray(img))
+  sat = geometry.integral_image(jnp.asarray(img))
   for oh, ow in sizes:
-    got = np.asarray(faces.area_crops(sat, jnp.asarray(regions), (oh, ow)))
+    got = np.asarray(geometry.area_crops(sat, jnp.asarray(regions), (oh, ow)))
     for k, (y0, y1, x0, x1) in enumerate(regions):
       np.testing.assert_allclose(got[k], _adaptive_avg_numpy(img, y0, y1, x0, x1, oh, ow),
                                  rtol=1e-5, atol=1e-3)
@@ -143,7 +134,7 @@ def test_crop_and_resize_matches_bilinear_formula():
   rng = np.random.default_rng(1)
   img = rng.random((20, 30, 2)).astype(np.float32)
   boxes = np.array([[2.5, 3.0, 17.25, 12.0], [-3.0, -2.0, 8.0, 25.0]], np.float32)
-  got = np.asarray(jax.jit(faces.crop_and_resize, static_argnums=2)(img, boxes, 6))
+  got = np.asarray(jax.jit(geometry.crop_and_resize, static_argnums=2)(img, boxes, 6))
 
   def px(y, x):  # zero outside
     return img[y, x] if 0 <= y < 20 and 0 <= x < 30 else np.zeros(2)
@@ -160,9 +151,9 @@ def test_crop_and_resize_matches_bilinear_formula():
 
 
 def test_pack_levels_even_offsets_no_overlap():
-  levels = faces.pyramid_scales(720, 1280)
+  levels = geometry.pyramid_scales(720, 1280)
   sizes = [(hs, ws) for _, hs, ws in levels]
-  offsets, (hc, wc) = faces.pack_levels(sizes)
+  offsets, (hc, wc) = geometry.pack_levels(sizes)
   occupied = np.zeros((hc, wc), int)
   for (h, w), (y, x) in zip(sizes, offsets):
     assert y % 2 == 0 and x % 2 == 0
@@ -172,9 +163,50 @@ def test_pack_levels_even_offsets_no_overlap():
 
 
 def test_pyramid_matches_reference_rule():
-  levels = faces.pyramid_scales(512, 512)
+  levels = geometry.pyramid_scales(512, 512)
   assert len(levels) == 10 and levels[0][1:] == (308, 308)  # int(512 * 0.6 + 1)
-  assert faces.pyramid_scales(19, 400) == []  # 19 * 0.6 < 12: no level
+  assert geometry.pyramid_scales(19, 400) == []  # 19 * 0.6 < 12: no level
+
+
+def test_geometry_gives_the_same_numbers_in_numpy_and_jnp():
+  """Mining (numpy) and detection (jnp, compiled) call the same geometry functions, which
+  compute with their inputs' array module: the same float32 / integer operations in the
+  same order. Windows, crops and squares come out identical even compiled; compiled
+  regression and overlaps may differ in the last bit (XLA fuses a multiply-add into one
+  rounding), and the calibration's pattern sum is a matrix product (the library's order)."""
+  rng = np.random.default_rng(3)
+  img = rng.integers(0, 256, (41, 57, 3), dtype=np.uint8)
+  b = np.sort(rng.uniform(-8, 60, (16, 2, 2)), axis=1).reshape(16, 4).astype(np.float32)
+  reg = rng.normal(0, 0.2, (16, 4)).astype(np.float32)
+  probs = rng.dirichlet(np.full(45, 0.3), 16).astype(np.float32)
+  labels = rng.integers(0, 45, 16)
+
+  def both(fn, *args, rtol=0.0, atol=0.0, jit_rtol=0.0):
+    got_np = fn(*args)
+    for f, r in ((fn, rtol), (jax.jit(fn), max(rtol, jit_rtol))):
+      got_jnp = f(*(jnp.asarray(a) for a in args))
+      for x, y in zip(jax.tree.leaves(got_np), jax.tree.leaves(got_jnp)):
+        assert isinstance(x, np.ndarray) and isinstance(y, jax.Array)
+        np.testing.assert_allclose(x, np.asarray(y), rtol=r, atol=atol)
+    return got_np
+
+  idx = np.arange(400, dtype=np.int32)
+  for scale in (0.6, 0.6 * 0.709, 0.6 * 0.709 ** 2, 0.3 * 0.709 ** 5):
+    both(lambda i: geometry.cell_windows(i, 20, scale), idx)
+  sat = both(geometry.integral_image, img)
+  regions, ok = both(lambda x: geometry.crop_regions(x, 41, 57), b)
+  assert ok.any() and not ok.all()
+  both(lambda s, r: geometry.area_crops(s, r, 12), sat, regions)
+  both(geometry.rerec, b)
+  both(lambda x, y: geometry.overlap(x[:, None], y[None]), b, b[::-1], jit_rtol=1e-6)
+  both(lambda x, y: geometry.overlap(x[:, None], y[None], "min", True), b, b[::-1],
+       jit_rtol=1e-6)
+  both(geometry.bbreg, b, reg, jit_rtol=1e-6)
+  both(lambda x, r: geometry.bbreg(x, r, plus_one=False), b, reg, jit_rtol=1e-6)
+  both(geometry.calibration_windows, b, labels, jit_rtol=1e-6)
+  both(geometry.apply_calibration, b, probs, atol=1e-5)
+  np.testing.assert_array_equal(geometry.iou_matrix(b, b[::-1]),
+                                geometry.overlap(b[:, None], b[::-1][None]))
 
 
 # ---------------------------------------------------------------- the cascade

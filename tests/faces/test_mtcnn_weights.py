@@ -6,18 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import models
-from jaxvision.models import mtcnn as M
+from jaxvision.core.registry import create_model
+from jaxvision.faces import boxes as geometry
+from jaxvision.faces import convert as C
+from jaxvision.faces import models as M
 
 
 @pytest.fixture(scope="module")
 def keras_arrays():
-  d = M._package_dir("mtcnn")
+  d = C._package_dir("mtcnn")
   if d is None:
     pytest.skip("mtcnn package not installed")
   import os
-  return {n: M._read_lz4_joblib(os.path.join(d, "assets", "weights", f"{n}.lz4"))
-          for n in M._NETS}
+  return {n: C._read_lz4_joblib(os.path.join(d, "assets", "weights", f"{n}.lz4"))
+          for n in C._NETS}
 
 
 def test_output_shapes_of_all_nets():
@@ -25,7 +27,7 @@ def test_output_shapes_of_all_nets():
            "cascade-12net": (12, 31), "cascade-24net": (24, 24), "cascade-48net": (48, 48),
            "cascade-12cal": (12, 12), "cascade-24cal": (24, 24), "cascade-48cal": (48, 48)}
   for name, (h, w) in cases.items():
-    net = models.create(name)
+    net = create_model(name)
     x = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
     v = jax.eval_shape(net.init, jax.random.key(0), x)
     out = jax.eval_shape(net.apply, v, x)
@@ -43,7 +45,7 @@ def test_output_shapes_of_all_nets():
     else:
       assert out["logits"].shape == (2, 2)
   with pytest.raises(ValueError, match="24x24"):
-    net = models.create("mtcnn-rnet")
+    net = create_model("mtcnn-rnet")
     jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 25, 24, 3), jnp.float32))
 
 
@@ -101,7 +103,8 @@ def test_rnet_dense_layer_needs_the_hw_swap(keras_arrays):
   w = [a.astype(np.float64) for a in keras_arrays["rnet"]]
   x = np.random.default_rng(0).uniform(-1, 1, (3, 24, 24, 3))
   box, face = _rnet_keras_numpy(w, x)
-  out = M.RNet().apply(M.convert_keras("rnet", keras_arrays["rnet"]), jnp.asarray(x, jnp.float32))
+  out = M.RNet().apply(C.convert_keras("rnet", keras_arrays["rnet"]),
+                       jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(out["box"], box, atol=2e-4)
   np.testing.assert_allclose(out["logits"], face, atol=2e-4)
   box_noswap, _ = _rnet_keras_numpy(w, x, swap=False)  # the layout matters
@@ -115,14 +118,15 @@ def test_pnet_heads_keras_order(keras_arrays):
   y = _pool_same(_prelu(_conv_valid(x, w[0], w[1]), w[2]), 2, 2)
   y = _prelu(_conv_valid(y, w[3], w[4]), w[5])
   y = _prelu(_conv_valid(y, w[6], w[7]), w[8])
-  out = M.PNet().apply(M.convert_keras("pnet", keras_arrays["pnet"]), jnp.asarray(x, jnp.float32))
+  out = M.PNet().apply(C.convert_keras("pnet", keras_arrays["pnet"]),
+                       jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(out["box"], _conv_valid(y, w[9], w[10]), atol=2e-4)
   np.testing.assert_allclose(out["logits"], _conv_valid(y, w[11], w[12]), atol=2e-4)
 
 
 def _to_torch_layout(net, keras):
   """facenet-pytorch's state-dict layout built from the Keras arrays (OIHW, (out, in))."""
-  p = M.convert_keras(net, keras)["params"]
+  p = C.convert_keras(net, keras)["params"]
   sd = {}
   n_conv = {"pnet": 3, "rnet": 3, "onet": 4}[net]
   for j in range(1, n_conv + 1):
@@ -164,7 +168,7 @@ def test_onet_torch_layout_matches_torch_computation(keras_arrays):
     y = F.prelu(F.linear(y, sd["dense5.weight"], sd["dense5.bias"]), sd["prelu5.weight"])
     face, box, lm = (F.linear(y, sd[f"dense6_{i}.weight"], sd[f"dense6_{i}.bias"]).numpy()
                      for i in (1, 2, 3))
-  v = M.convert_torch("onet", {k: t.numpy() for k, t in sd.items()})
+  v = C.convert_torch("onet", {k: t.numpy() for k, t in sd.items()})
   out = M.ONet().apply(v, jnp.asarray(x))
   np.testing.assert_allclose(out["logits"], face, atol=2e-4)
   np.testing.assert_allclose(out["box"], box, atol=2e-4)
@@ -173,49 +177,78 @@ def test_onet_torch_layout_matches_torch_computation(keras_arrays):
 
 def test_torch_and_keras_sources_agree_and_user_npz_path(keras_arrays, tmp_path):
   flat = {}
-  for n in M._NETS:
+  for n in C._NETS:
     for k, v in _to_torch_layout(n, keras_arrays[n]).items():
       flat[f"{n}.{k}"] = v
   np.savez(tmp_path / "mtcnn.npz", **flat)
-  a = M.load_mtcnn_weights("mtcnn")
-  b = M.load_mtcnn_weights(str(tmp_path / "mtcnn.npz"))
-  for n in M._NETS:
+  a = C.load_mtcnn_weights("mtcnn")
+  b = C.load_mtcnn_weights(str(tmp_path / "mtcnn.npz"))
+  for n in C._NETS:
     jax.tree.map(np.testing.assert_array_equal, a[n], b[n])
   flat.pop("onet.dense6_3.bias")
   np.savez(tmp_path / "broken.npz", **flat)
-  with pytest.raises(M.MTCNNWeightsError, match="dense6_3.bias"):
-    M.load_mtcnn_weights(str(tmp_path / "broken.npz"))
+  with pytest.raises(C.MTCNNWeightsError, match="dense6_3.bias"):
+    C.load_mtcnn_weights(str(tmp_path / "broken.npz"))
+
+
+def test_convert_writes_a_workdir_that_detect_faces_reads(keras_arrays, tmp_path):
+  """`jaxvision convert --model mtcnn auto WORKDIR`: the registered converter (with its own
+  loader for the packages' multi-file formats) writes one workdir holding the three nets,
+  and the detector built from it holds exactly the original weights."""
+  from jaxvision.core import registry, weights
+  from jaxvision.faces import detector
+  conv = registry.get_converter("mtcnn")
+  assert conv is not None and conv.task == "face_cascade" and conv.load is C.load_mtcnn_weights
+  variables = weights.convert("mtcnn", "auto")
+  assert set(variables) == {"params"} and set(variables["params"]) == set(C._NETS)
+  wd = str(tmp_path / "mtcnn")
+  weights.save_workdir(wd, variables, task=conv.task, model_name="mtcnn", source="auto")
+  det = detector.detector_from_workdir(wd)
+  assert det.config == detector.DetectorConfig(kind="mtcnn")
+  want = C.load_mtcnn_weights("mtcnn")
+  assert set(det.variables) == set(C._NETS)
+  for n in C._NETS:
+    jax.tree.map(np.testing.assert_array_equal, det.variables[n], want[n])
+  # An already loaded flat state dict (facenet-pytorch layout, "pnet." prefixes) converts too.
+  flat = {f"{n}.{k}": v for n in C._NETS for k, v in _to_torch_layout(n, keras_arrays[n]).items()}
+  again = weights.convert("mtcnn", flat)
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
+  with pytest.raises(TypeError):
+    weights.convert("mtcnn", "auto", width=0.5)  # the released nets take no arguments
 
 
 def test_weights_errors_are_one_line(monkeypatch, tmp_path):
   (tmp_path / "w.lz4").write_bytes(b"x")
-  with pytest.raises(M.MTCNNWeightsError, match=r"\.pt, \.npz or \.safetensors"):
-    M.load_mtcnn_weights(str(tmp_path / "w.lz4"))  # never unpickle a user's file
-  with pytest.raises(M.MTCNNWeightsError, match="no such file"):
-    M.load_mtcnn_weights(str(tmp_path / "nope.npz"))
-  monkeypatch.setattr(M, "_package_dir", lambda name: None)
-  with pytest.raises(M.MTCNNWeightsError, match="pip install mtcnn") as e:
-    M.load_mtcnn_weights()
+  with pytest.raises(C.MTCNNWeightsError, match=r"\.pt, \.npz or \.safetensors"):
+    C.load_mtcnn_weights(str(tmp_path / "w.lz4"))  # never unpickle a user's file
+  with pytest.raises(C.MTCNNWeightsError, match="no such file"):
+    C.load_mtcnn_weights(str(tmp_path / "nope.npz"))
+  monkeypatch.setattr(C, "_package_dir", lambda name: None)
+  with pytest.raises(C.MTCNNWeightsError, match="pip install mtcnn") as e:
+    C.load_mtcnn_weights()
   assert "\n" not in str(e.value)
+  from jaxvision.core.errors import UserError, WeightsError
+  assert isinstance(e.value, WeightsError) and isinstance(e.value, UserError)
 
 
 def test_calibration_inverts_a_known_shift_and_scale():
-  pats = M.calibration_patterns()
+  pats = geometry.calibration_patterns()
   assert pats.shape == (45, 3) and len({tuple(r) for r in pats}) == 45
   face = np.array([[40.0, 30.0, 100.0, 110.0]])
   fw, fh = 60.0, 80.0
-  k = M.calibration_label(1.21, -0.17, 0.17)
+  k = geometry.calibration_label(1.21, -0.17, 0.17)
   s, xn, yn = pats[k]
   window = np.array([[40 + xn * fw, 30 + yn * fh, 40 + xn * fw + s * fw, 30 + yn * fh + s * fh]])
   probs = np.full((1, 45), 0.001)
   probs[0, k] = 0.9
-  np.testing.assert_allclose(M.apply_calibration(window, probs, 0.1), face, atol=1e-4)
+  np.testing.assert_allclose(geometry.apply_calibration(window, probs, 0.1), face, atol=1e-4)
   np.testing.assert_allclose(  # jnp path, no confident pattern: unchanged
-      M.apply_calibration(jnp.asarray(window), jnp.full((1, 45), 1 / 45), 0.1), window, atol=1e-5)
+      geometry.apply_calibration(jnp.asarray(window), jnp.full((1, 45), 1 / 45), 0.1), window,
+      atol=1e-5)
 
 
 def test_cascade_24net_uses_its_12_branch():
-  net = models.create("cascade-24net", width=0.25)
+  net = create_model("cascade-24net", width=0.25)
   v = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 24, 24, 3)))
   assert set(v["params"]) == {"features", "branch12", "face"}
   # the classifier sees 128/4 + 16/4 features

@@ -10,8 +10,9 @@ import optax
 import pytest
 from PIL import Image
 
-from jaxvision import cli, models, style
-from jaxvision.models import stylenets, vgg
+from jaxvision.core import perceptual, registry
+from jaxvision.style import gatys, generators
+from jaxvision.style import task as style_task  # noqa: F401  (registers the tasks)
 from tests.conftest import run
 
 TINY_VGG = 0.0625  # 4..32 channels
@@ -22,7 +23,7 @@ TINY_VGG = 0.0625  # 4..32 channels
                                          ("texture_net", {"width": 4, "scales": 4,
                                                           "image_input": False})])
 def test_generators_keep_odd_sizes(name, kwargs):
-  m = models.create(name, **kwargs)
+  m = registry.create_model(name, **kwargs)
   v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
   for h, w in [(17, 23), (31, 10)]:
     out = jax.eval_shape(lambda v, x: m.apply(v, x), v, jax.ShapeDtypeStruct((2, h, w, 3),
@@ -39,7 +40,7 @@ def test_johnson_layout_matches_paper():
   conv = lambda k, i, o, norm=True: k * k * i * o + o + (2 * o if norm else 0)
   want = (conv(9, 3, 32) + conv(3, 32, 64) + conv(3, 64, 128) + 10 * conv(3, 128, 128)
           + conv(3, 128, 64) + conv(3, 64, 32) + conv(9, 32, 3, norm=False))
-  m = models.create("johnson")
+  m = registry.create_model("johnson")
   v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   assert sum(x.size for x in jax.tree.leaves(v["params"])) == want
 
@@ -47,20 +48,20 @@ def test_johnson_layout_matches_paper():
 def test_instance_norm_statistics():
   r = np.random.RandomState(1)
   x = jnp.asarray((r.randn(3, 7, 9, 5) * r.rand(1, 1, 1, 5) * 10 + 4).astype(np.float32))
-  y = np.asarray(stylenets.instance_normalize(x))
+  y = np.asarray(generators.instance_normalize(x))
   np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(y.var(axis=(1, 2)), 1, atol=1e-3)
-  m = stylenets.InstanceNorm()
+  m = generators.InstanceNorm()
   params = {"params": {"scale": jnp.arange(1.0, 6.0), "bias": -jnp.arange(5.0)}}
   np.testing.assert_allclose(m.apply(params, x), y * np.arange(1, 6) - np.arange(5), rtol=1e-5,
                              atol=1e-5)
   # Per image: another image in the batch does not change this one's output.
-  np.testing.assert_allclose(stylenets.instance_normalize(x[:1]), y[:1], rtol=1e-6)
+  np.testing.assert_allclose(generators.instance_normalize(x[:1]), y[:1], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def tiny_descriptor():
-  fn, pretrained = vgg.load_descriptor(None, width=TINY_VGG)
+  fn, pretrained = perceptual.load_descriptor(None, width=TINY_VGG)
   assert not pretrained
   return fn
 
@@ -69,7 +70,7 @@ def tiny_descriptor():
 def test_gatys_lowers_the_loss(tiny_descriptor, method):
   r = np.random.RandomState(2)
   content, s = r.rand(16, 16, 3).astype(np.float32), r.rand(12, 12, 3).astype(np.float32) ** 3
-  y, values = style.gatys(tiny_descriptor, content, s, steps=8, method=method,
+  y, values = gatys.gatys(tiny_descriptor, content, s, steps=8, method=method,
                           learning_rate=0.05)
   assert y.shape == content.shape and np.all(np.isfinite(values))
   assert values[-1] < 0.7 * values[0]
@@ -77,15 +78,14 @@ def test_gatys_lowers_the_loss(tiny_descriptor, method):
 
 def test_train_step_lowers_the_loss(tiny_descriptor):
   """The task's loss under a jitted Adam step: the style network learns."""
-  from train import tasks, task_style
   import ml_collections
   config = ml_collections.ConfigDict(dict(
       descriptor=dict(arch="vgg16", weights="", width=TINY_VGG),
       style=dict(image="immunohistochemistry", size=24, loss="gram", content_layer="relu2_2",
                  style_layers=["relu1_2", "relu2_2"], content_weight=1.0, style_weight=1e3,
                  tv_weight=1.0, histogram_weight=1.0)))
-  task = tasks.get("style_transfer")
-  m = models.create("johnson", width=4, num_residual=1)
+  task = registry.get_task("style_transfer")
+  m = registry.create_model("johnson", width=4, num_residual=1)
   x = jnp.asarray(np.random.RandomState(3).rand(2, 16, 16, 3).astype(np.float32))
   x = x.at[1].set(0.5)  # a uniform crop: left out of the loss, no overflow
   params = m.init(jax.random.PRNGKey(0), x)["params"]
@@ -111,6 +111,7 @@ def test_train_step_lowers_the_loss(tiny_descriptor):
 def test_train_then_stylize_end_to_end(tmp_path, tfds_dir):
   """`python -m train --config configs/johnson.py` (tiny) says the descriptor is random and
   trains; `jaxvision stylize` uses the workdir on an odd-sized photo."""
+  from jaxvision import cli
   wd = tmp_path / "run"
   overrides = {
       "model.kwargs.width": 4, "model.kwargs.num_residual": 1, "descriptor.width": TINY_VGG,

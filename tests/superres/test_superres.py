@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision import models, superres as sr, weights
-from jaxvision.models import superres as msr
+from jaxvision.core import registry, weights
+from jaxvision.superres import convert as _convert  # noqa: F401  (registers the EDSR converters)
+from jaxvision.superres import data as srdata
+from jaxvision.superres import eval as sreval
+from jaxvision.superres import models as msr
+from jaxvision.superres import resize
 
 TINY = {
     "espcn": {"features": (4, 4)},
@@ -41,23 +45,23 @@ def test_pixel_shuffle_matches_index_formula(r, c):
 
 # ---------------------------------------------------------------- shapes
 def test_every_model_is_registered_and_scales_odd_sizes():
-  assert set(msr.SR_MODELS) <= set(models.list_models())
+  assert set(msr.SR_MODELS) <= set(registry.list_models())
   x = jnp.zeros((1, 7, 5, 3))
   for name in msr.SR_MODELS:
     for s in ((4, 8) if name == "johnson_sr" else (2, 3, 4)):
-      m = models.create(name, scale=s, **TINY[name])
+      m = registry.create_model(name, scale=s, **TINY[name])
       v = jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x), x)
       y = jax.eval_shape(lambda v, x, m=m: m.apply(v, x), v, x)
       assert y.shape == (1, 7 * s, 5 * s, 3), (name, s, y.shape)
   with pytest.raises(ValueError, match="scale"):
-    models.create("edsr", scale=5)
+    registry.create_model("edsr", scale=5)
   with pytest.raises(ValueError, match="scale"):
-    models.create("johnson_sr", scale=2)
+    registry.create_model("johnson_sr", scale=2)
 
 
 def test_published_parameter_counts():
   def count(name, **kw):
-    m = models.create(name, **kw)
+    m = registry.create_model(name, **kw)
     v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
     return sum(math.prod(a.shape) for a in jax.tree.leaves(v["params"]))
   assert abs(count("edsr_baseline", scale=2) - 1.37e6) < 0.01e6   # EDSR paper / ANCHORS
@@ -71,7 +75,7 @@ def _direct_resize(img, scale):
   x(mirror(k), mirror(l)) / normalisation, MATLAB's definition written out directly."""
   h_in, w_in = img.shape
   oh, ow = math.ceil(h_in * scale), math.ceil(w_in * scale)
-  ker = (lambda t: scale * sr.cubic(scale * t)) if scale < 1 else sr.cubic
+  ker = (lambda t: scale * resize.cubic(scale * t)) if scale < 1 else resize.cubic
   support = 2.0 / scale if scale < 1 else 2.0
 
   def taps(i, n):
@@ -95,12 +99,12 @@ def _direct_resize(img, scale):
 @pytest.mark.parametrize("scale", [0.5, 1 / 3, 0.25, 2.0, 3.0])
 def test_imresize_matches_direct_float64_formula(scale):
   img = np.random.default_rng(1).uniform(size=(9, 7))
-  np.testing.assert_allclose(sr.imresize(img, scale), _direct_resize(img, scale), atol=1e-12)
+  np.testing.assert_allclose(resize.imresize(img, scale), _direct_resize(img, scale), atol=1e-12)
 
 
 def test_imresize_matlab_properties():
   # The x2 antialiased table: cubic(x/2)/2 at +-0.25 .. +-1.75, the well-known MATLAB taps.
-  w, idx = sr.contributions(16, 8, 0.5)
+  w, idx = resize.contributions(16, 8, 0.5)
   np.testing.assert_allclose(w[3], [-0.01171875, -0.03515625, 0.11328125, 0.43359375,
                                     0.43359375, 0.11328125, -0.03515625, -0.01171875])
   np.testing.assert_array_equal(idx[3], np.arange(3, 11))
@@ -108,22 +112,22 @@ def test_imresize_matlab_properties():
   np.testing.assert_array_equal(idx[0, :5], [2, 1, 0, 0, 1])
   # A constant stays constant, down and up, whatever the size.
   for s in (0.5, 1 / 3, 0.25, 2.0, 3.0):
-    out = sr.imresize(np.full((13, 11, 3), 0.37), s)
+    out = resize.imresize(np.full((13, 11, 3), 0.37), s)
     assert out.shape == (math.ceil(13 * s - 1e-9), math.ceil(11 * s - 1e-9), 3)
     np.testing.assert_allclose(out, 0.37, atol=1e-12)
   # x2 down of a linear ramp x_k = k: the interior is the ramp at the output centres 2i + 0.5.
   ramp = np.tile(np.arange(20.0), (4, 1))
-  out = sr.imresize(ramp, 0.5)
+  out = resize.imresize(ramp, 0.5)
   np.testing.assert_allclose(out[:, 2:-2], np.tile(2 * np.arange(2, 8) + 0.5, (2, 1)),
                              atol=1e-12)
   # uint8 in -> rounded uint8 out.
-  assert sr.imresize(np.full((8, 8), 200, np.uint8), 0.5).dtype == np.uint8
+  assert resize.imresize(np.full((8, 8), 200, np.uint8), 0.5).dtype == np.uint8
 
 
 def test_imresize_vs_pil_bicubic_differs_only_at_borders():
-  img = np.asarray(Image.open(os.path.join(os.path.dirname(__file__), "..", "docs",
+  img = np.asarray(Image.open(os.path.join(os.path.dirname(__file__), "..", "..", "docs",
                                            "operators.jpg")).convert("RGB"))[:96, :128]
-  ours = sr.imresize(img, 0.25).astype(np.int32)
+  ours = resize.imresize(img, 0.25).astype(np.int32)
   pil = np.asarray(Image.fromarray(img).resize((32, 24), Image.Resampling.BICUBIC)).astype(
       np.int32)
   interior = np.abs(ours - pil)[2:-2, 2:-2]
@@ -135,8 +139,8 @@ def test_srpairs_equal_downscaling_the_whole_image():
   rng = np.random.default_rng(2)
   s, p = 3, 5
   hr = rng.uniform(size=(60, 60, 3)).astype(np.float32)
-  lr_full = sr.downscale(hr, s)
-  pairs = sr.SRPairs(s, p)
+  lr_full = resize.downscale(hr, s)
+  pairs = srdata.SRPairs(s, p)
   k = 4  # crop offset in LR pixels (aligned to the LR grid)
   crop = hr[s * k:s * k + pairs.crop_size, s * k:s * k + pairs.crop_size]
   out = pairs({"input": crop, "target": crop})
@@ -156,12 +160,12 @@ def test_y_psnr_and_ssim_against_reference_computation():
   y = lambda a: 16.0 + a @ np.array([65.481, 128.553, 24.966])
   d = (y(q) - y(hr))[:, s:-s, s:-s]
   want = 10 * np.log10(255.0 ** 2 / np.mean(d * d, axis=(1, 2)))
-  np.testing.assert_allclose(np.asarray(sr.y_psnr(sr_img, hr, s)), want, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(sreval.y_psnr(sr_img, hr, s)), want, atol=2e-3)
   skimage = pytest.importorskip("skimage.metrics")
   yq, yh = y(q)[0, s:-s, s:-s], y(hr)[0, s:-s, s:-s]
   ref = skimage.structural_similarity(yq, yh, data_range=255, gaussian_weights=True, sigma=1.5,
                                       use_sample_covariance=False)
-  np.testing.assert_allclose(float(sr.y_ssim(sr_img, hr, s)[0]), ref, atol=2e-3)
+  np.testing.assert_allclose(float(sreval.y_ssim(sr_img, hr, s)[0]), ref, atol=2e-3)
 
 
 # ---------------------------------------------------------------- EDSR import
@@ -214,7 +218,7 @@ def test_edsr_converter_maps_every_key_and_matches_torch(scale):
     for j, r in enumerate([3] if scale == 3 else [2] * int(math.log2(scale))):
       res = F.pixel_shuffle(c(res, f"tail.0.{2 * j}"), r)
     want = c(c(res, "tail.1"), "add_mean").numpy().transpose(0, 2, 3, 1) / 255
-  model = models.create("edsr_baseline", scale=scale, n_resblocks=2, n_feats=4)
+  model = registry.create_model("edsr_baseline", scale=scale, n_resblocks=2, n_feats=4)
   got = np.asarray(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
   np.testing.assert_allclose(got, want, atol=2e-4)
 
@@ -222,7 +226,7 @@ def test_edsr_converter_maps_every_key_and_matches_torch(scale):
 # ---------------------------------------------------------------- upscale
 def test_upscale_command_tiled_equals_untiled(tmp_path):
   from jaxvision import cli
-  model = models.create("edsr_baseline", scale=2, n_resblocks=1, n_feats=4)
+  model = registry.create_model("edsr_baseline", scale=2, n_resblocks=1, n_feats=4)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
   # Non-trivial biases so border handling matters.
   variables = jax.tree.map(lambda a: a + 0.05, variables)
@@ -241,8 +245,8 @@ def test_upscale_command_tiled_equals_untiled(tmp_path):
   np.testing.assert_array_equal(outs[0], outs[1])
   # float-level equality too, with a window smaller than the image in both directions
   x = img.astype(np.float32) / 255
-  whole = sr.upscale(model, variables, x)
-  tiled = sr.upscale(model, variables, x, tile=7)
+  whole = sreval.upscale(model, variables, x)
+  tiled = sreval.upscale(model, variables, x, tile=7)
   np.testing.assert_allclose(tiled, whole, atol=1e-5)
   assert cli.main(["upscale", "--checkpoint", wd, src, str(tmp_path / "x.jpg")]) == 1
   assert cli.main(["upscale", "--checkpoint", wd, str(tmp_path / "missing.png"),

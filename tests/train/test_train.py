@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvision import checkpoint as jv_ckpt
+from jaxvision.core import checkpoint as jv_ckpt
 from tests.conftest import ROOT, TINY, readme_command, run, train_cmd
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvision import checkpoint as jv_ckpt
+from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision import cli, models
 from tests.conftest import run, train_cmd
 
@@ -82,3 +82,25 @@ def test_console_script_installed():
   assert os.path.exists(exe), "pip install -e . should install the `jaxvision` script"
   p = subprocess.run([exe, "models"], capture_output=True, text=True, timeout=120)
   assert p.returncode == 0 and "can24" in p.stdout.split()
+
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def test_workdir_written_before_the_architecture_move_still_enhances(tmp_path):
+  """tests/can/data/old_workdir was trained (2 steps of a tiny CAN) by the code of commit
+  fa81f30, before the move into family packages, and old_expected.png is what that
+  code's `jaxvision enhance` wrote for old_input.png: the new code reads the same
+  workdir and writes the same pixels."""
+  import shutil
+  work = tmp_path / "old"
+  shutil.copytree(os.path.join(DATA, "old_workdir"), work)
+  out = tmp_path / "out.png"
+  assert cli.main(["enhance", "--checkpoint", str(work), "--input",
+                   os.path.join(DATA, "old_input.png"), "--output", str(out)]) == 0
+  got = np.asarray(Image.open(out))
+  want = np.asarray(Image.open(os.path.join(DATA, "old_expected.png")))
+  assert got.shape == want.shape
+  assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # XLA may reorder a sum
+  config, model, variables, step = jv_ckpt.load_model(str(work), "image_to_image")
+  assert (config.model.name, step) == ("can", 2)

@@ -1,0 +1,98 @@
+"""`jaxvision detect-faces`: a face-detection cascade, compiled end to end, on image files.
+
+  jaxvision detect-faces IMAGE... --json OUT.json [--draw DIR] [--model mtcnn|cascade-cnn]
+                         [--checkpoint WORKDIR] [--weights auto|mtcnn|facenet-pytorch|PATH]
+
+jax and the nets are imported when the command runs, so that `jaxvision --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.registry import register_commands
+
+
+def detect_faces_cmd(args) -> None:
+  import numpy as np
+
+  from jaxvision.core import io
+  from jaxvision.faces import detector
+
+  if not args.json.lower().endswith(".json"):
+    raise UserError(f"{args.json}: --json must name a .json file")
+  out_dir = os.path.dirname(os.path.abspath(args.json))
+  if not os.path.isdir(out_dir):
+    raise UserError(f"{args.json}: output folder {out_dir} does not exist")
+  if args.draw and os.path.exists(args.draw) and not os.path.isdir(args.draw):
+    raise UserError(f"{args.draw}: --draw must be a folder")
+  # grey, palette, RGBA (on white) -> RGB uint8; a DataError names the file
+  images = {p: io.load_image_file(p) for p in args.inputs}
+  try:
+    if args.checkpoint:
+      det = detector.detector_from_workdir(args.checkpoint)
+      if args.model and args.model != det.config.kind:
+        raise UserError(f"{args.checkpoint}: holds a {det.config.kind} cascade, not {args.model}")
+    elif (args.model or "mtcnn") == "mtcnn":
+      det = detector.mtcnn_detector(args.weights)
+    else:
+      raise UserError("--model cascade-cnn needs --checkpoint WORKDIR (a trained cascade; "
+                      "there are no released Cascade CNN weights)")
+  except ValueError as e:  # weights or workdirs that do not fit: one line
+    if isinstance(e, UserError):
+      raise
+    raise UserError(first_line(e)) from None
+
+  t = time.time()
+  by_size: dict[tuple, list[str]] = {}
+  for p, im in images.items():  # one compile per image size, a batch per size
+    by_size.setdefault(im.shape, []).append(p)
+  result: dict[str, list] = {}
+  for shape, paths in by_size.items():
+    for i in range(0, len(paths), args.batch):
+      chunk = paths[i:i + args.batch]
+      for p, faces in zip(chunk, det.detect(np.stack([images[p] for p in chunk]))):
+        result[p] = faces
+  result = {p: result[p] for p in args.inputs}  # the order given
+  io.atomic_write_text(args.json, json.dumps(result, indent=1))
+  if args.draw:
+    os.makedirs(args.draw, exist_ok=True)
+    used: set[str] = set()
+    for p in args.inputs:
+      stem = os.path.splitext(os.path.basename(p))[0]
+      name, n = stem, 1
+      while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+      used.add(name)
+      io.write_png(os.path.join(args.draw, name + ".png"),
+                   detector.draw_faces(images[p], result[p]))
+  n = sum(len(v) for v in result.values())
+  print(f"{len(result)} image(s), {n} face(s) -> {args.json}"
+        + (f", drawings in {args.draw}" if args.draw else "") + f" ({time.time() - t:.2f}s)")
+
+
+@register_commands
+def add_commands(sub) -> None:
+  """Adds this family's subcommands to the `jaxvision` parser."""
+  p = sub.add_parser(
+      "detect-faces", help="find faces (boxes, scores, five landmarks) with MTCNN or Cascade CNN",
+      description="Runs a face-detection cascade, compiled end to end, on image files. Without "
+      "--checkpoint it uses MTCNN with the original weights from the installed `mtcnn` package "
+      "(pip install mtcnn).")
+  p.add_argument("inputs", nargs="+", metavar="IN", help="image files (grey and RGBA work too)")
+  p.add_argument("--json", required=True, metavar="OUT.json",
+                 help='writes {input path: [{"box": [x1, y1, x2, y2], "score", "landmarks"}]}')
+  p.add_argument("--draw", metavar="OUT_DIR", help="also write PNGs with the detections drawn")
+  p.add_argument("--model", choices=("mtcnn", "cascade-cnn"), default=None,
+                 help="cascade family (default mtcnn; cascade-cnn needs --checkpoint)")
+  p.add_argument("--checkpoint", metavar="WORKDIR",
+                 help="a trained last-stage workdir (earlier stages come from its config's "
+                 "data.previous_stages), or a `jaxvision convert --model mtcnn` workdir")
+  p.add_argument("--weights", default="auto",
+                 help="MTCNN weights: auto (default), mtcnn, facenet-pytorch, or a folder/file "
+                 "of .pt/.npz/.safetensors")
+  p.add_argument("--batch", type=int, default=8, help="images of one size run together (default 8)")
+  p.set_defaults(func=detect_faces_cmd)

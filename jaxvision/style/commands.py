@@ -1,0 +1,103 @@
+"""`jaxvision stylize`: a trained style network, or the Gatys et al. optimisation.
+
+  jaxvision stylize --checkpoint WORKDIR IN OUT.png                 feed-forward (Johnson /
+                                                                   texture_net workdir)
+  jaxvision stylize --optimize --style STYLE IN OUT.png [--vgg WEIGHTS] [--steps N]
+
+jax and the models are imported when the command runs, so that `jaxvision --help` stays fast.
+"""
+from __future__ import annotations
+
+import time
+
+from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.registry import register_commands
+
+
+def load_generator(workdir: str):
+  """(apply(x (N,H,W,3), seed) -> (N,H,W,3), config, step) from a style/texture workdir."""
+  import jax
+
+  from jaxvision.core import checkpoint
+  from jaxvision.style import generators  # noqa: F401  (registers johnson, texture_net)
+  config, model, variables, step = checkpoint.load_model(workdir, ("style_transfer", "texture"),
+                                                         "a style network")
+
+  @jax.jit
+  def apply(x, seed):
+    key = jax.random.key(seed, impl="rbg")  # texture nets draw noise; others ignore it
+    return model.apply(variables, x, rngs={"noise": key})
+
+  return apply, config, step
+
+
+def stylize(args) -> None:
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxvision.core import io
+
+  if not args.output.lower().endswith(".png"):
+    raise UserError(f"{args.output}: output must be a .png file")
+  if bool(args.checkpoint) == bool(args.optimize):
+    raise UserError("give either --checkpoint WORKDIR (feed-forward) or --optimize --style "
+                    "STYLE (Gatys optimisation)")
+  image = io.load_image_file(args.input)  # alpha composited on white, as before
+  image = io.resize_max_side(image, args.max_side or None)
+  x = image.astype(np.float32) / 255.0
+  h, w = x.shape[:2]
+  t = time.time()
+  if args.checkpoint:
+    apply, config, step = load_generator(args.checkpoint)
+    y = np.asarray(apply(jnp.asarray(x)[None], args.seed))[0]
+    what = f"{config.model.name} (checkpoint step {step}, style {config.style.get('image', '?')})"
+  else:
+    if not args.style:
+      raise UserError("--optimize needs --style STYLE_IMAGE")
+    from jaxvision.core import perceptual
+    from jaxvision.style import gatys
+    try:
+      s = gatys.load_style_image(args.style, args.style_size or None)
+      fn, pretrained = perceptual.load_descriptor(args.vgg, arch=args.arch)
+    except ValueError as e:  # DataError, WeightsError and an unknown arch: one line
+      raise UserError(first_line(e)) from None
+    y, values = gatys.gatys(fn, x, s, steps=args.steps, method=args.optimizer,
+                            learning_rate=args.learning_rate, content_weight=args.content_weight,
+                            style_weight=args.style_weight, tv_weight=args.tv_weight)
+    if not np.all(np.isfinite(y)):
+      raise UserError("the optimisation diverged (non-finite image); try --optimizer adam")
+    what = (f"Gatys {args.optimizer}, {args.steps} steps, loss {values[0]:.4g} -> "
+            f"{values[-1]:.4g}, {'pretrained' if pretrained else 'RANDOM'} {args.arch}")
+  io.write_png(args.output, io.to_uint8(y))
+  print(f"{args.input} -> {args.output}: {w}x{h}, {what}, {time.time() - t:.2f}s")
+
+
+def add(sub) -> None:
+  """Adds `jaxvision stylize`."""
+  p = sub.add_parser(
+      "stylize", help="stylise a photo: a trained style network, or Gatys optimisation",
+      description="Feed-forward: --checkpoint WORKDIR of a configs/johnson.py or "
+      "configs/texture_net.py run. Optimisation (Gatys et al.): --optimize --style STYLE.")
+  p.add_argument("--checkpoint", metavar="WORKDIR", help="trained style/texture network")
+  p.add_argument("--optimize", action="store_true", help="Gatys et al. optimisation instead")
+  p.add_argument("--style", help="style image (file or embedded photo name), with --optimize")
+  p.add_argument("--vgg", metavar="WEIGHTS", default=None,
+                 help="VGG weights: torchvision .pth, Keras .h5 or a converted workdir "
+                 "(default: random weights, with a warning)")
+  p.add_argument("--arch", default="vgg16", choices=("vgg16", "vgg19"))
+  p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+  p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"))
+  p.add_argument("--learning-rate", type=float, default=0.02, help="Adam step size")
+  p.add_argument("--content-weight", type=float, default=1.0)
+  p.add_argument("--style-weight", type=float, default=1e5)
+  p.add_argument("--tv-weight", type=float, default=1.0)
+  p.add_argument("--style-size", type=int, default=512, help="style image long side")
+  p.add_argument("--max-side", type=int, default=0,
+                 help="resize the input so its long side is at most this (0: as is)")
+  p.add_argument("--seed", type=int, default=0, help="noise seed (texture networks)")
+  p.add_argument("input", metavar="IN")
+  p.add_argument("output", metavar="OUT.png")
+  p.set_defaults(func=stylize)
+
+
+register_commands(add)

@@ -1,0 +1,101 @@
+"""`jaxvision upscale` and `jaxvision sr-eval`: a trained (or converted) SR workdir at work.
+
+  jaxvision upscale --checkpoint WORKDIR IN OUT.png [--tile N]
+  jaxvision sr-eval --checkpoint WORKDIR [--dataset D --split S]
+
+jax and the models are imported when a command runs, so that `jaxvision --help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.registry import register_commands
+
+
+def _load_sr(workdir: str):
+  """(config, model, variables, step) of a `super_resolution` workdir."""
+  from jaxvision.core import checkpoint
+  from jaxvision.superres import models  # noqa: F401  (registers the SR models)
+  return checkpoint.load_model(workdir, "super_resolution", "a super-resolution one")
+
+
+def upscale_command(args) -> None:
+  import numpy as np
+
+  from jaxvision.core import io
+  from jaxvision.superres.eval import upscale
+  from jaxvision.superres.resize import imresize
+
+  if not args.output.lower().endswith(".png"):
+    raise UserError(f"{args.output}: output must be a .png file")
+  if not os.path.isfile(args.input):
+    raise UserError(f"{args.input}: no such file")
+  if args.tile is not None and args.tile < 1:
+    raise UserError(f"--tile {args.tile}: must be a positive number of input pixels")
+  config, model, variables, step = _load_sr(args.checkpoint)
+  image, alpha = io.read_image(args.input)
+  t = time.time()
+  y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
+              max_pixels=args.max_pixels)
+  y = (y * 255.0 + 0.5).astype(np.uint8)
+  if alpha is not None:  # alpha is not the network's business: bicubic
+    y = np.concatenate([y, imresize(alpha, float(model.scale))[..., None]], axis=-1)
+  io.write_png(args.output, y)
+  h, w = image.shape[:2]
+  if args.tile is not None and not getattr(model, "local", True):
+    print(f"note: {config.model.name} pools over the whole input; tiles change it slightly")
+  print(f"{args.input} -> {args.output}: {w}x{h} -> {y.shape[1]}x{y.shape[0]} "
+        f"({config.model.name} x{model.scale}, checkpoint step {step}), {time.time() - t:.2f}s")
+
+
+def sr_eval_command(args) -> None:
+  import json
+
+  from jaxvision.core import data, io
+  from jaxvision.superres.eval import evaluate_source
+
+  config, model, variables, step = _load_sr(args.checkpoint)
+  try:
+    src = data.get_source(args.dataset, args.split, args.data_dir or None)
+    res = evaluate_source(model, variables, src, int(model.scale), max_images=args.max_images,
+                          tile=args.tile)
+  except ValueError as e:  # a DataError (a ValueError too) or evaluate_source's own
+    raise UserError(first_line(e)) from None
+  name = f"{config.model.name} (step {step})"
+  print(f"{args.dataset} [{args.split}] x{model.scale}, {res['model']['images']} images, "
+        f"Y channel, {model.scale}-pixel border shaved")
+  print(f"| method | PSNR-Y (dB) | SSIM-Y |\n|---|---|---|")
+  for label, key in (("bicubic", "bicubic"), (name, "model")):
+    print(f"| {label} | {res[key]['psnr_y']:.2f} | {res[key]['ssim_y']:.4f} |")
+  if args.json:
+    io.atomic_write(args.json, lambda f: json.dump(res, f, indent=2), binary=False)
+
+
+def add(sub) -> None:
+  """Adds this family's subcommands to the `jaxvision` parser."""
+  p = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
+                     description="Any size; large images go in overlapping tiles (overlap = "
+                     "the network's receptive radius, so tiles are seam-free).")
+  p.add_argument("--checkpoint", required=True, metavar="WORKDIR")
+  p.add_argument("input", metavar="IN")
+  p.add_argument("output", metavar="OUT.png")
+  p.add_argument("--tile", type=int, default=None,
+                 help="tile size in input pixels (default: whole image up to --max-pixels)")
+  p.add_argument("--max-pixels", type=int, default=1 << 20,
+                 help="input pixels processed at once when --tile is not given")
+  p.set_defaults(func=upscale_command)
+
+  p = sub.add_parser("sr-eval", help="Y-PSNR/SSIM of an SR model and of bicubic on a dataset")
+  p.add_argument("--checkpoint", required=True, metavar="WORKDIR")
+  p.add_argument("--dataset", default="photos", help="photos, folder:/path or a TFDS name")
+  p.add_argument("--split", default="test")
+  p.add_argument("--data-dir", default="")
+  p.add_argument("--max-images", type=int, default=0)
+  p.add_argument("--tile", type=int, default=None)
+  p.add_argument("--json", default="", help="also write the results to this JSON file")
+  p.set_defaults(func=sr_eval_command)
+
+
+register_commands(add)

@@ -1,0 +1,163 @@
+"""Registry sweep (timm-style): every registered model initialises, runs forward and
+backward at a small size with finite outputs and gradients, and its parameter count at
+the default arguments is the one in PARAM_COUNTS (counted with jax.eval_shape: no compute).
+
+The counts of resnet50 and se_resnet50 equal timm's (25,557,032 and 28,088,024); the
+others pin the architectures against accidental change (a refactor that changes a count
+changes a model). A newly registered model fails here until it has a row in each table.
+"""
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision import models
+
+# name: (small kwargs for the forward/backward sweep, input shape (N, H, W, C))
+SMALL = {
+    "can": ({"width": 4, "depth": 3}, (1, 16, 16, 3)),
+    "can24": ({"width": 4}, (1, 16, 16, 3)),
+    "can32": ({"width": 4}, (1, 16, 16, 3)),
+    "bmshj2018-factorized": ({"quality": 1, "N": 8, "M": 8}, (1, 64, 64, 3)),
+    "bmshj2018-hyperprior": ({"quality": 1, "N": 8, "M": 8}, (1, 64, 64, 3)),
+    "mbt2018-mean": ({"quality": 1, "N": 8, "M": 8}, (1, 64, 64, 3)),
+    "mbt2018": ({"quality": 1, "N": 8, "M": 8}, (1, 64, 64, 3)),
+    "mtcnn-pnet": ({}, (1, 12, 12, 3)),
+    "mtcnn-rnet": ({}, (1, 24, 24, 3)),
+    "mtcnn-onet": ({}, (1, 48, 48, 3)),
+    "cascade-12net": ({}, (1, 12, 12, 3)),
+    "cascade-24net": ({}, (1, 24, 24, 3)),
+    "cascade-48net": ({}, (1, 48, 48, 3)),
+    "cascade-12cal": ({}, (1, 12, 12, 3)),
+    "cascade-24cal": ({}, (1, 24, 24, 3)),
+    "cascade-48cal": ({}, (1, 48, 48, 3)),
+    "spp_net": ({"num_classes": 3, "widths": (8, 8, 8, 8, 8), "fc_dim": 16}, (1, 64, 64, 3)),
+    "vgg16": ({"width": 0.0625}, (1, 32, 32, 3)),
+    "vgg19": ({"width": 0.0625}, (1, 32, 32, 3)),
+    "johnson": ({"width": 4, "num_residual": 1}, (1, 16, 16, 3)),
+    "texture_net": ({"scales": 2, "width": 2}, (1, 16, 16, 3)),
+    "espcn": ({"scale": 2, "features": (8, 4)}, (1, 8, 8, 3)),
+    "edsr_baseline": ({"scale": 2, "n_resblocks": 1, "n_feats": 8}, (1, 8, 8, 3)),
+    "edsr": ({"scale": 2, "n_resblocks": 1, "n_feats": 8}, (1, 8, 8, 3)),
+    "wdsr_a": ({"scale": 2, "n_resblocks": 1, "n_feats": 8}, (1, 8, 8, 3)),
+    "wdsr_b": ({"scale": 2, "n_resblocks": 1, "n_feats": 8}, (1, 8, 8, 3)),
+    "rcan": ({"scale": 2, "n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4},
+             (1, 8, 8, 3)),
+    "johnson_sr": ({"scale": 4, "features": 8, "n_resblocks": 1}, (1, 8, 8, 3)),
+}
+for _n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "se_resnet18",
+           "se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d",
+           "se_resnext101_32x4d", "spp_resnet18"):
+  # one block per stage: the block kind (basic/bottleneck, SE, groups) is what differs in
+  # the sweep; each depth is pinned by the parameter count below
+  SMALL[_n] = ({"num_classes": 3, "width": 8, "layers": (1, 1, 1, 1)}, (1, 32, 32, 3))
+for _n in ("se_resnext50_32x4d", "se_resnext101_32x4d"):  # 4 groups of 8 channels
+  SMALL[_n][0].update(groups=4, base_width=16)
+
+# Parameter counts at the default arguments, RGB input. From outside: resnet50 and
+# se_resnet50 are timm's, vgg16 torchvision's features, the MTCNN nets the original
+# release's (6,632 / 100,178 / 389,040), edsr the EDSR paper's x2 model (40.7M).
+PARAM_COUNTS = {
+    "bmshj2018-factorized": 2_998_147,
+    "bmshj2018-hyperprior": 5_075_843,
+    "can": 37_219,
+    "can24": 37_219,
+    "can32": 65_747,
+    "cascade-12cal": 57_581,
+    "cascade-12net": 6_898,
+    "cascade-24cal": 210_221,
+    "cascade-24net": 831_346,
+    "cascade-48cal": 5_427_565,
+    "cascade-48net": 2_266_546,
+    "edsr": 40_729_603,
+    "edsr_baseline": 1_369_859,
+    "espcn": 26_796,
+    "johnson": 1_679_235,
+    "johnson_sr": 401_859,
+    "mbt2018": 14_130_467,
+    "mbt2018-mean": 7_028_003,
+    "mtcnn-onet": 389_040,
+    "mtcnn-pnet": 6_632,
+    "mtcnn-rnet": 100_178,
+    "rcan": 15_444_643,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "se_resnet101": 49_326_872,
+    "se_resnet152": 66_821_848,
+    "se_resnet18": 11_779_624,
+    "se_resnet34": 21_960_416,
+    "se_resnet50": 28_088_024,
+    "se_resnext101_32x4d": 48_955_416,
+    "se_resnext50_32x4d": 27_559_896,
+    "spp_net": 77_037_672,
+    "spp_resnet18": 36_777_512,
+    "texture_net": 72_739,
+    "vgg16": 14_714_688,
+    "vgg19": 20_024_384,
+    "wdsr_a": 1_190_100,
+    "wdsr_b": 303_604,
+}
+
+DEFAULT_INPUT = {"mtcnn-pnet": (1, 12, 12, 3), "mtcnn-rnet": (1, 24, 24, 3),
+                 "mtcnn-onet": (1, 48, 48, 3), "cascade-12net": (1, 12, 12, 3),
+                 "cascade-24net": (1, 24, 24, 3), "cascade-48net": (1, 48, 48, 3),
+                 "cascade-12cal": (1, 12, 12, 3), "cascade-24cal": (1, 24, 24, 3),
+                 "cascade-48cal": (1, 48, 48, 3)}
+
+
+def _call_kwargs(model, train):
+  params = inspect.signature(type(model).__call__).parameters
+  return {"train": train} if "train" in params else {}
+
+
+def _init(model, shape):
+  x = jnp.zeros(shape, jnp.float32)
+  return model.init(jax.random.key(0, impl="rbg"), x, **_call_kwargs(model, False))
+
+
+def _floats(tree):
+  return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+
+
+def test_every_model_is_in_the_tables():
+  names = set(models.list_models())
+  assert names == set(SMALL), (sorted(names - set(SMALL)), sorted(set(SMALL) - names))
+  assert names == set(PARAM_COUNTS), (sorted(names - set(PARAM_COUNTS)),
+                                      sorted(set(PARAM_COUNTS) - names))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_backward_finite(name):
+  kwargs, shape = SMALL[name]
+  model = models.create(name, **kwargs)
+  x = jax.random.uniform(jax.random.key(1, impl="rbg"), shape)
+  variables = jax.jit(lambda: _init(model, shape))()
+  params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  call = _call_kwargs(model, False)
+
+  def loss(p):
+    out = model.apply({"params": p, **rest}, x, **call)
+    return sum(jnp.mean(jnp.square(o.astype(jnp.float32))) for o in _floats(out)), out
+
+  (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  assert _floats(out), f"{name}: no float output"
+  for o in _floats(out):
+    assert np.isfinite(np.asarray(o)).all(), f"{name}: non-finite output"
+  g = [np.asarray(v) for v in jax.tree.leaves(grads)]
+  assert all(np.isfinite(v).all() for v in g), f"{name}: non-finite gradient"
+  assert sum(float(np.abs(v).sum()) for v in g) > 0, f"{name}: all gradients are zero"
+  assert np.isfinite(float(value))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_parameter_count(name):
+  model = models.create(name)
+  shape = DEFAULT_INPUT.get(name, (1, 64, 64, 3))
+  shapes = jax.eval_shape(lambda: _init(model, shape))
+  n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"]))
+  assert n == PARAM_COUNTS[name], f"{name}: {n:,} parameters, the table says {PARAM_COUNTS[name]:,}"

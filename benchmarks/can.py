@@ -23,7 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvision import models
-from train import tasks, trainer
+from jaxvision.core import registry
+from train import trainer
 
 
 def timed(fn, *args, reps: int):
@@ -66,7 +67,7 @@ def main():
       opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(1),
       bad_step=jnp.full((), -1, jnp.int32))
   state = jax.device_put(state, repl)
-  step = jax.jit(trainer.make_train_step(model, tasks.get("image_to_image"), tx, config),
+  step = jax.jit(trainer.make_train_step(model, registry.get_task("image_to_image"), tx, config),
                  in_shardings=(repl, shard), out_shardings=(repl, repl))
 
   def run_steps(state, batch):

@@ -12,7 +12,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from jaxvision import operators
+from jaxvision.can import operators
 
 
 def main():

@@ -55,7 +55,9 @@ def convert(args) -> None:
     variables = weights.convert(args.model, args.input, **kwargs)
     conv = registry.get_converter(args.model)
     weights.save_workdir(args.output, variables, task=conv.task, model_name=args.model,
-                         model_kwargs=kwargs, source=os.path.abspath(args.input))
+                         model_kwargs=kwargs,
+                         source=os.path.abspath(args.input) if os.path.exists(args.input)
+                         else args.input)
   except (ValueError, TypeError) as e:  # a converter's argument error
     if isinstance(e, UserError):
       raise

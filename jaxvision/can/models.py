@@ -13,7 +13,7 @@ centre tap from input channel i to output channel i, zeros elsewhere, and so doe
 [0, 1] images (LeakyReLU is the identity on non-negative inputs).
 
 Batch normalisation uses running averages at inference, so the network is a local
-operator there: tiled inference (`jaxvision.models.can.apply_tiled`) is seam-free.
+operator there: tiled inference (`jaxvision.core.tiling.apply_tiled`) is seam-free.
 """
 from __future__ import annotations
 

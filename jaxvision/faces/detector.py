@@ -344,6 +344,10 @@ def mtcnn_detector(source: str = "auto", **config) -> FaceDetector:
   return FaceDetector(nets, DetectorConfig(kind="mtcnn", **config))
 
 
+class CascadeWorkdirError(CheckpointError, ValueError):
+  """A workdir that holds no usable face cascade (a ValueError too, as it always was)."""
+
+
 CONVERTED_MTCNN = "mtcnn"  # model name of `jaxvision convert --model mtcnn` workdirs
 _MTCNN_NETS = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
@@ -357,18 +361,19 @@ def _workdir_stages(workdir: str, seen=None) -> dict[str, tuple[Any, dict]]:
     return {}
   seen.add(key)
   if not os.path.isfile(os.path.join(workdir, jv_ckpt.CONFIG_FILE)):
-    raise CheckpointError(f"{workdir}: not a workdir (no {jv_ckpt.CONFIG_FILE})")
+    raise CascadeWorkdirError(f"{workdir}: not a workdir (no {jv_ckpt.CONFIG_FILE})")
   name = jv_ckpt.load_config(workdir).model.name
   if name == CONVERTED_MTCNN:
     _, variables, _ = jv_ckpt.load_variables(workdir)
     params = variables["params"]
     missing = [n for n in _MTCNN_NETS if n not in params]
     if missing:
-      raise CheckpointError(f"{workdir}: a converted MTCNN workdir without {', '.join(missing)}")
+      raise CascadeWorkdirError(f"{workdir}: a converted MTCNN workdir without "
+                                f"{', '.join(missing)}")
     return {n: (net(), {"params": params[n]}) for n, net in _MTCNN_NETS.items()}
   if name not in STAGE_MODELS:
-    raise CheckpointError(f"{workdir}: holds {name!r}, not a face-detection stage "
-                          f"({', '.join(STAGE_MODELS)})")
+    raise CascadeWorkdirError(f"{workdir}: holds {name!r}, not a face-detection stage "
+                              f"({', '.join(STAGE_MODELS)})")
   config, model, variables, _ = jv_ckpt.load_model(workdir)
   out = {}
   data = config.get("data") or {}
@@ -386,7 +391,7 @@ def detector_from_workdir(workdir: str, **config) -> FaceDetector:
   nets = _workdir_stages(workdir)
   kind = "mtcnn" if any(s in nets for s in MTCNN_STAGES) else "cascade-cnn"
   if kind == "mtcnn" and any(s in nets for s in CASCADE_STAGES):
-    raise CheckpointError(f"{workdir}: mixes MTCNN and Cascade CNN stages")
+    raise CascadeWorkdirError(f"{workdir}: mixes MTCNN and Cascade CNN stages")
   return FaceDetector(nets, DetectorConfig(kind=kind, **config))
 
 

@@ -224,7 +224,7 @@ class Stage:
     for s in range(0, len(crops), chunk):
       c = crops[s:s + chunk]
       pad = np.zeros((chunk - len(c),) + c.shape[1:], c.dtype)
-      x = normalize(np.concatenate([c, pad]))
+      x = normalize(np.concatenate([c, pad]))  # referenced until the results are read
       p, b = self._apply(x)
       probs.append(np.asarray(p)[:len(c)])
       if b is not None:

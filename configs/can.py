@@ -24,11 +24,12 @@ Every key can be overridden: --config.total_steps=1000 --config.data.dataset=fol
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 
 def get_config(arg: str = "dehaze") -> ml_collections.ConfigDict:
   opts = parse_arg(arg, first="operator", operator="dehaze", preset="cpu")
+  check_preset(opts["preset"])
 
   c = ml_collections.ConfigDict()
   c.task = "image_to_image"
@@ -51,13 +52,8 @@ def get_config(arg: str = "dehaze") -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=20,
       grad_clip_norm=1.0))
-  c.total_steps = 300
-  c.batch_size = 4
-  c.log_every = 10
-  c.eval_every = 100
-  c.checkpoint_every = 50
-  c.keep_checkpoints = 3
-  c.seed = 0
+  set_steps(c, total_steps=300, batch_size=4, log_every=10,
+            eval_every=100, checkpoint_every=50, keep_checkpoints=3, seed=0)
 
   if opts["preset"] == "paper":
     c.model.kwargs.width = 32  # CAN32
@@ -71,6 +67,4 @@ def get_config(arg: str = "dehaze") -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_every = 5_000
     c.checkpoint_every = 2_000
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   return c

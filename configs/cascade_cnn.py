@@ -22,7 +22,7 @@ reports 85.1% FDDB recall at 87% precision... from secondary notes).
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 NETS = ("12net", "12cal", "24net", "24cal", "48net", "48cal")
 THRESHOLDS = {"12net": 0.5, "24net": 0.5, "48net": 0.5}
@@ -31,6 +31,7 @@ THRESHOLDS = {"12net": 0.5, "24net": 0.5, "48net": 0.5}
 def get_config(arg: str = "12net") -> ml_collections.ConfigDict:
   opts = parse_arg(arg, first="net", net="12net", data="faces", preset="cpu",
                    **{n: "" for n in NETS})
+  check_preset(opts["preset"])
   net = opts["net"]
   if net not in NETS:
     raise ValueError(f"unknown Cascade CNN net {net!r}; choose from: {', '.join(NETS)}")
@@ -61,13 +62,8 @@ def get_config(arg: str = "12net") -> ml_collections.ConfigDict:
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=20, grad_clip_norm=5.0))
-  c.total_steps = 400
-  c.batch_size = 128
-  c.log_every = 20
-  c.eval_every = 200
-  c.checkpoint_every = 200
-  c.keep_checkpoints = 2
-  c.seed = 0
+  set_steps(c, total_steps=400, batch_size=128, log_every=20,
+            eval_every=200, checkpoint_every=200, keep_checkpoints=2, seed=0)
   if opts["preset"] == "paper":
     c.batch_size = 256
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -77,6 +73,4 @@ def get_config(arg: str = "12net") -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_every = 5_000
     c.checkpoint_every = 5_000
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   return c

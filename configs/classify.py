@@ -27,7 +27,7 @@ Every key can be overridden: --config.optimizer.learning_rate=0.05 --config.tota
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg
 
 DATA = {
     "digits": dict(num_classes=10, image_size=32, augment="pad_crop", pad=2, flips=False,
@@ -52,8 +52,7 @@ def get_config(arg: str = "model=resnet18,data=digits") -> ml_collections.Config
                 schedule="")
   if o["data"] not in DATA:
     raise ValueError(f"data {o['data']!r}: choose from {', '.join(DATA)}")
-  if o["preset"] not in ("cpu", "paper"):
-    raise ValueError(f"unknown preset {o['preset']!r}; choose from: cpu, paper")
+  check_preset(o["preset"])
   d = DATA[o["data"]]
   cpu = o["preset"] == "cpu"
   name = o["model"]

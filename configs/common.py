@@ -27,3 +27,27 @@ def parse_arg(arg: str | None, *, first: str | None = None, bare: dict | None = 
     else:
       raise ValueError(f"config argument {part!r}: expected key=value")
   return opts
+
+
+PRESETS = ("cpu", "paper")
+
+
+def check_preset(preset: str) -> str:
+  """`cpu` (a run of minutes on 2 cores, the default) or `paper` (the paper's recipe)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+  return preset
+
+
+def set_steps(c, *, total_steps: int, batch_size: int, log_every: int, eval_every: int,
+              checkpoint_every: int, keep_checkpoints: int = 3, seed: int = 0):
+  """The step/logging block every config has (docs/training.md): the trainer requires
+  total_steps, batch_size (global), log_every, eval_every, checkpoint_every and seed."""
+  c.total_steps = total_steps
+  c.batch_size = batch_size
+  c.log_every = log_every
+  c.eval_every = eval_every
+  c.checkpoint_every = checkpoint_every
+  c.keep_checkpoints = keep_checkpoints
+  c.seed = seed
+  return c

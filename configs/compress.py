@@ -24,7 +24,7 @@ The integer CDF tables are built from the trained parameters by
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483,
            7: 0.0932, 8: 0.1800}
@@ -35,6 +35,7 @@ MS_SSIM_LAMBDAS = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 1
 def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collections.ConfigDict:
   opts = parse_arg(arg, model="bmshj2018-hyperprior", quality="3", preset="cpu",
                    distortion="mse")
+  check_preset(opts["preset"])
   q = int(opts["quality"])
   if q not in LAMBDAS:
     raise ValueError(f"quality must be 1..8, got {q}")
@@ -55,13 +56,8 @@ def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collecti
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-4, schedule="constant", warmup_steps=0,
       grad_clip_norm=1.0))
-  c.total_steps = 300
-  c.batch_size = 4
-  c.log_every = 10
-  c.eval_every = 100
-  c.checkpoint_every = 100
-  c.keep_checkpoints = 3
-  c.seed = 0
+  set_steps(c, total_steps=300, batch_size=4, log_every=10,
+            eval_every=100, checkpoint_every=100, keep_checkpoints=3, seed=0)
   if opts["preset"] == "paper":
     c.data.crop_size = 256
     c.batch_size = 16
@@ -70,8 +66,6 @@ def get_config(arg: str = "model=bmshj2018-hyperprior,quality=3") -> ml_collecti
     c.optimizer.boundaries = [0.8]
     c.optimizer.decay_factor = 0.5
     c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   if c.distortion == "ms-ssim":  # 5 MS-SSIM scales of an 11-tap window need > 160 px
     c.data.crop_size = max(c.data.crop_size, 192)
   return c

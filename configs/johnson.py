@@ -31,7 +31,7 @@ divide style_weight by ~3400 to keep the balance. Every key can be overridden:
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 ARGS = ("style", "descriptor_weights", "preset", "arch")
 
@@ -45,6 +45,7 @@ def parse(arg: str, defaults: dict) -> dict:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   opts = parse(arg, dict(style="immunohistochemistry", descriptor_weights="", preset="cpu",
                          arch="vgg16"))
+  check_preset(opts["preset"])
   c = ml_collections.ConfigDict()
   c.task = "style_transfer"
   c.model = ml_collections.ConfigDict({"name": "johnson",
@@ -63,13 +64,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       crop_size=64, eval_crop=128, eval_max_images=3, worker_count=2))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0))
-  c.total_steps = 300
-  c.batch_size = 2
-  c.log_every = 20
-  c.eval_every = 150
-  c.checkpoint_every = 100
-  c.keep_checkpoints = 2
-  c.seed = 0
+  set_steps(c, total_steps=300, batch_size=2, log_every=20,
+            eval_every=150, checkpoint_every=100, keep_checkpoints=2, seed=0)
 
   if opts["preset"] == "paper":
     c.model.kwargs.width = 32
@@ -81,6 +77,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_every = 2_000
     c.checkpoint_every = 2_000
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   return c

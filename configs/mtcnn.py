@@ -25,7 +25,7 @@ hardest 70% of the classification losses. Every key can be overridden: --config.
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 STAGES = {"pnet": (12, "mtcnn-pnet", 0.6), "rnet": (24, "mtcnn-rnet", 0.7),
           "onet": (48, "mtcnn-onet", 0.7)}
@@ -33,6 +33,7 @@ STAGES = {"pnet": (12, "mtcnn-pnet", 0.6), "rnet": (24, "mtcnn-rnet", 0.7),
 
 def get_config(arg: str = "pnet") -> ml_collections.ConfigDict:
   opts = parse_arg(arg, first="stage", stage="pnet", data="faces", preset="cpu", pnet="", rnet="")
+  check_preset(opts["preset"])
   stage = opts["stage"]
   if stage not in STAGES:
     raise ValueError(f"unknown MTCNN stage {stage!r}; choose from: pnet, rnet, onet")
@@ -76,13 +77,8 @@ def get_config(arg: str = "pnet") -> ml_collections.ConfigDict:
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=20, grad_clip_norm=5.0))
-  c.total_steps = 600 if stage == "pnet" else 400
-  c.batch_size = 140
-  c.log_every = 20
-  c.eval_every = 200
-  c.checkpoint_every = 200
-  c.keep_checkpoints = 2
-  c.seed = 0
+  set_steps(c, total_steps=600 if stage == "pnet" else 400, batch_size=140, log_every=20,
+            eval_every=200, checkpoint_every=200, keep_checkpoints=2, seed=0)
 
   if opts["preset"] == "paper":
     c.batch_size = 384
@@ -95,6 +91,4 @@ def get_config(arg: str = "pnet") -> ml_collections.ConfigDict:
     c.checkpoint_every = 5_000
     c.data.negatives_per_image = 50
     c.data.windows_per_face = 40
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   return c

@@ -26,7 +26,7 @@ Every key can be overridden: --config.total_steps=1000 --config.data.dataset=fol
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import check_preset, parse_arg, set_steps
 
 # Small widths/depths for the cpu preset (full sizes are each factory's defaults).
 CPU_KWARGS = {
@@ -50,8 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   allowed = (4, 8) if name == "johnson_sr" else (2, 3, 4)
   if scale not in allowed:
     raise ValueError(f"{name}: scale must be one of {', '.join(map(str, allowed))}, got {scale}")
-  if preset not in ("cpu", "paper"):
-    raise ValueError(f"unknown preset {preset!r}; choose from: cpu, paper")
+  check_preset(preset)
 
   c = ml_collections.ConfigDict()
   c.task = "super_resolution"
@@ -76,13 +75,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=20,
       grad_clip_norm=1.0))
-  c.total_steps = 300
-  c.batch_size = 8
-  c.log_every = 10
-  c.eval_every = 100
-  c.checkpoint_every = 100
-  c.keep_checkpoints = 3
-  c.seed = 0
+  set_steps(c, total_steps=300, batch_size=8, log_every=10,
+            eval_every=100, checkpoint_every=100, keep_checkpoints=3, seed=0)
   if name == "espcn":  # residual, zero-initialised last conv: 1e-3 overshoots bicubic early
     c.optimizer.learning_rate = 3e-4
   if name == "johnson_sr":  # a width-1/4 random VGG keeps the cpu preset in minutes

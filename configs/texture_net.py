@@ -26,11 +26,13 @@ Presets
 Every key can be overridden: --config.style.style_weight=1e4 --config.model.kwargs.scales=6
 """
 from configs import johnson as _johnson
+from configs.common import check_preset
 
 
 def get_config(arg: str = ""):
   opts = _johnson.parse(arg, dict(mode="texture", style="immunohistochemistry",
                                   descriptor_weights="", loss="gram", preset="cpu"))
+  check_preset(opts["preset"])
   if opts["mode"] not in ("texture", "stylize"):
     raise ValueError(f"mode {opts['mode']!r}: choose from texture, stylize")
   c = _johnson.get_config(f"style={opts['style']},descriptor_weights={opts['descriptor_weights']}")
@@ -59,6 +61,4 @@ def get_config(arg: str = ""):
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 500
-  elif opts["preset"] != "cpu":
-    raise ValueError(f"unknown preset {opts['preset']!r}; choose from: cpu, paper")
   return c

@@ -14,7 +14,7 @@ run a fixed number of iterations, and random pencil textures use a fixed seed.
 
 Operators are looked up by name in a registry::
 
-    from jaxvision import operators
+    from jaxvision.can import operators
     operators.list_operators()
     # ['dehaze', 'l0_smoothing', 'pencil', 'rof', 'rtv', 'tone_manipulation', 'tv_l1']
     out = operators.get("l0_smoothing")(img, lam=0.02)

@@ -186,10 +186,7 @@ def _load(weights, arch, width, seed):
   if weights:
     if os.path.isdir(weights):  # a `jaxvision convert` workdir
       from jaxvision.core import checkpoint as jv_ckpt
-      try:
-        config, variables, _ = jv_ckpt.load_variables(weights)
-      except jv_ckpt.CheckpointError as e:
-        raise jv_weights.WeightsError(str(e)) from None
+      config, variables, _ = jv_ckpt.load_variables(weights)  # CheckpointError: one line
       if config.model.name not in CONFIGS:
         raise jv_weights.WeightsError(f"{weights}: holds {config.model.name!r}, not a VGG")
       return variables, True, config.model.name, float(config.model.kwargs.get("width", 1.0))

@@ -178,31 +178,21 @@ def load_mtcnn_weights(source: str = "auto") -> dict[str, dict]:
 
 
 def _load_torch_files(files: dict[str, str]) -> dict:
-  try:
-    return _check_shapes({n: _from_torch(n, W.load_state_dict(f)) for n, f in files.items()})
-  except MTCNNWeightsError:
-    raise
-  except WeightsError as e:
-    raise MTCNNWeightsError(str(e)) from None
+  return _check_shapes({n: _from_torch(n, W.load_state_dict(f)) for n, f in files.items()})
 
 
 def _from_prefixed(sd: dict, what: str) -> dict:
   """One flat state dict with keys "pnet.*", "rnet.*", "onet.*" -> {net: variables}."""
-  try:
-    out = {}
-    for n in _NETS:
-      sub = {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")}
-      if not sub:
-        raise MTCNNWeightsError(f"{what}: no keys starting with {n + '.'!r}")
-      out[n] = _from_torch(n, sub)
-    left = [k for k in sd if not k.startswith(tuple(n + "." for n in _NETS))]
-    if left:
-      raise MTCNNWeightsError(f"{what}: unexpected key {left[0]!r}")
-    return _check_shapes(out)
-  except MTCNNWeightsError:
-    raise
-  except WeightsError as e:
-    raise MTCNNWeightsError(str(e)) from None
+  out = {}
+  for n in _NETS:
+    sub = {k[len(n) + 1:]: v for k, v in sd.items() if k.startswith(n + ".")}
+    if not sub:
+      raise MTCNNWeightsError(f"{what}: no keys starting with {n + '.'!r}")
+    out[n] = _from_torch(n, sub)
+  left = [k for k in sd if not k.startswith(tuple(n + "." for n in _NETS))]
+  if left:
+    raise MTCNNWeightsError(f"{what}: unexpected key {left[0]!r}")
+  return _check_shapes(out)
 
 
 def _load_user_path(path: str) -> dict:
@@ -220,11 +210,7 @@ def _load_user_path(path: str) -> dict:
                             "'facenet-pytorch' or a path)")
   if not path.lower().endswith(exts):
     raise MTCNNWeightsError(f"{path}: weights must be .pt, .npz or .safetensors")
-  try:
-    sd = W.load_state_dict(path)
-  except WeightsError as e:
-    raise MTCNNWeightsError(str(e)) from None
-  return _from_prefixed(sd, path)
+  return _from_prefixed(W.load_state_dict(path), path)
 
 
 # ---------------------------------------------------------------- the converter

@@ -1,4 +1,4 @@
-"""Tests for jaxvision.operators: the slow image operators used as CAN training targets.
+"""Tests for jaxvision.can.operators: the slow image operators used as CAN training targets.
 
 Images are kept small (8-96 px) so the whole file runs in seconds on 2 cores.
 """

@@ -1,4 +1,4 @@
-"""Tests of jaxvision.data: sources (embedded photos, folders, prepared TFDS), grain loader,
+"""Tests of jaxvision.core.data: sources (embedded photos, folders, prepared TFDS), grain loader,
 iterator checkpoints (get/set_state and orbax), eval batches and the operator target cache.
 
 Every test writes only under pytest tmp dirs (passed as data_dir)."""

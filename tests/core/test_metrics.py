@@ -1,4 +1,4 @@
-"""Tests for jaxvision.metrics against scikit-image and an independent numpy reference.
+"""Tests for jaxvision.core.metrics against scikit-image and an independent numpy reference.
 
 Compilation dominates the runtime (XLA:CPU), so the tests reuse a small set of
 image shapes; see docs/metrics.md for what is matched to which tolerance.

@@ -251,12 +251,15 @@ def iou_matrix(a, b) -> np.ndarray:
   return overlap(a[:, None], b[None]).astype(np.float32)
 
 
-def nms(boxes, scores, valid, threshold: float, mode: str = "union", plus_one: bool = False):
+def nms(boxes, scores, valid, threshold: float, mode: str = "union", plus_one: bool = False,
+        groups=None):
   """Greedy non-maximum suppression on a fixed-size buffer -> keep mask (K,).
 
   Highest score first (ties: lower index first); a box is suppressed when its overlap
   with a kept box exceeds `threshold`. Loops once per kept box (lax.while_loop), so
-  the cost follows the number of survivors, not K. vmap it for batches.
+  the cost follows the number of survivors, not K. vmap it for batches. `groups` (K,)
+  int: boxes only suppress boxes of their own group (torchvision's batched_nms: one
+  call for every pyramid level, or every image of a flattened batch).
   """
   k = scores.shape[0]
   if k == 0:
@@ -270,7 +273,10 @@ def nms(boxes, scores, valid, threshold: float, mode: str = "union", plus_one: b
     alive, keep = state
     i = jnp.argmax(jnp.where(alive, s, -jnp.inf))
     keep = keep.at[i].set(True)
-    alive = alive & ~(overlap(boxes[i], boxes, mode, plus_one) > threshold)
+    hit = overlap(boxes[i], boxes, mode, plus_one) > threshold
+    if groups is not None:
+      hit = hit & (groups == groups[i])
+    alive = alive & ~hit
     return alive.at[i].set(False), keep
 
   _, keep = jax.lax.while_loop(cond, body, (valid, jnp.zeros((k,), bool)))

@@ -1,6 +1,6 @@
 """`jaxvision detect-faces`: a face-detection cascade, compiled end to end, on image files.
 
-  jaxvision detect-faces IMAGE... --json OUT.json [--draw DIR] [--model mtcnn|cascade-cnn]
+  jaxvision detect-faces IMAGE|FOLDER... --json OUT.json [--draw DIR] [--model mtcnn|cascade-cnn]
                          [--checkpoint WORKDIR] [--weights auto|mtcnn|facenet-pytorch|PATH]
 
 jax and the nets are imported when the command runs, so that `jaxvision --help` stays fast.
@@ -18,7 +18,7 @@ from jaxvision.core.registry import register_commands
 def detect_faces_cmd(args) -> None:
   import numpy as np
 
-  from jaxvision.core import io
+  from jaxvision.core import inputs, io
   from jaxvision.faces import detector
 
   if not args.json.lower().endswith(".json"):
@@ -28,8 +28,16 @@ def detect_faces_cmd(args) -> None:
     raise UserError(f"{args.json}: output folder {out_dir} does not exist")
   if args.draw and os.path.exists(args.draw) and not os.path.isdir(args.draw):
     raise UserError(f"{args.draw}: --draw must be a folder")
-  # grey, palette, RGBA (on white) -> RGB uint8; a DataError names the file
-  images = {p: io.load_image_file(p) for p in args.inputs}
+  # Folders stand for their image files; grey, palette, RGBA (on white) -> RGB uint8. One
+  # unreadable file among many is one line and the others go on (core.inputs); one file
+  # alone is the command's error, as before.
+  given = inputs.image_files(args.inputs)
+  loaded = inputs.for_each(given, io.load_image_file, command=args.command,
+                           strict=len(given) == 1 and not inputs.any_folder(args.inputs))
+  if not loaded.results:
+    loaded.raise_if_failed()  # nothing to detect in: no JSON either
+  images = loaded.results
+  given = list(images)  # the order given, the unreadable left out
   try:
     if args.checkpoint:
       det = detector.detector_from_workdir(args.checkpoint)
@@ -46,21 +54,30 @@ def detect_faces_cmd(args) -> None:
     raise UserError(first_line(e)) from None
 
   t = time.time()
-  by_size: dict[tuple, list[str]] = {}
-  for p, im in images.items():  # one compile per image size, a batch per size
-    by_size.setdefault(im.shape, []).append(p)
   result: dict[str, list] = {}
-  for shape, paths in by_size.items():
+  if det.config.kind == "mtcnn":
+    # Any sizes in one batch (MTCNN runs in stages whose programs depend on size buckets,
+    # not on the image size); images of similar size together waste the least padding.
+    paths = sorted(images, key=lambda p: images[p].shape[0] * images[p].shape[1])
     for i in range(0, len(paths), args.batch):
       chunk = paths[i:i + args.batch]
-      for p, faces in zip(chunk, det.detect(np.stack([images[p] for p in chunk]))):
+      for p, faces in zip(chunk, det.detect([images[p] for p in chunk])):
         result[p] = faces
-  result = {p: result[p] for p in args.inputs}  # the order given
+  else:  # Cascade CNN: one program per image size, a batch per size
+    by_size: dict[tuple, list[str]] = {}
+    for p, im in images.items():
+      by_size.setdefault(im.shape, []).append(p)
+    for shape, paths in by_size.items():
+      for i in range(0, len(paths), args.batch):
+        chunk = paths[i:i + args.batch]
+        for p, faces in zip(chunk, det.detect(np.stack([images[p] for p in chunk]))):
+          result[p] = faces
+  result = {p: result[p] for p in given}  # the order given
   io.atomic_write_text(args.json, json.dumps(result, indent=1))
   if args.draw:
     os.makedirs(args.draw, exist_ok=True)
     used: set[str] = set()
-    for p in args.inputs:
+    for p in given:
       stem = os.path.splitext(os.path.basename(p))[0]
       name, n = stem, 1
       while name in used:
@@ -72,6 +89,7 @@ def detect_faces_cmd(args) -> None:
   n = sum(len(v) for v in result.values())
   print(f"{len(result)} image(s), {n} face(s) -> {args.json}"
         + (f", drawings in {args.draw}" if args.draw else "") + f" ({time.time() - t:.2f}s)")
+  loaded.raise_if_failed()
 
 
 @register_commands
@@ -82,7 +100,8 @@ def add_commands(sub) -> None:
       description="Runs a face-detection cascade, compiled end to end, on image files. Without "
       "--checkpoint it uses MTCNN with the original weights from the installed `mtcnn` package "
       "(pip install mtcnn).")
-  p.add_argument("inputs", nargs="+", metavar="IN", help="image files (grey and RGBA work too)")
+  p.add_argument("inputs", nargs="+", metavar="IN",
+                 help="image files (grey and RGBA work too), or folders of them")
   p.add_argument("--json", required=True, metavar="OUT.json",
                  help='writes {input path: [{"box": [x1, y1, x2, y2], "score", "landmarks"}]}')
   p.add_argument("--draw", metavar="OUT_DIR", help="also write PNGs with the detections drawn")

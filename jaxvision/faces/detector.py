@@ -76,7 +76,6 @@ def _prob(logits):
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
 
 
-# ---------------------------------------------------------------- MTCNN pipeline
 def _stage1(apply, sat, h, w, cfg: DetectorConfig, window: int = 12):
   """P-Net / 12-net over the pyramid -> candidate boxes (P, 4), scores, regression, keep.
 
@@ -127,93 +126,148 @@ def _compact(k, scores, valid, *arrays):
   return (ok, scores[idx]) + tuple(a[idx] for a in arrays)
 
 
-def _bucketed(fn, n_valid, k: int, buckets: tuple, *arrays):
-  """fn on the first b of the k rows of each (B, k, ...) array, b the smallest bucket
-  holding every valid row of the batch (rows are compacted: valid ones first); outputs
-  are zero-padded back to k rows. One `lax.switch` branch per bucket is compiled, and
-  only the chosen one runs, so a later stage costs what its survivors need, not its
-  buffer (O-Net on 64 crops cost 50 ms of a 200 ms CPU detection when 8 survived)."""
-  sizes = tuple(b for b in buckets if b < k) + (k,)
-  which = jnp.searchsorted(jnp.asarray(sizes), jnp.max(n_valid))
 
-  def branch(b):
-    def run(arrays):
-      out = fn(*(a[:, :b] for a in arrays))
-      return jax.tree.map(lambda o: jnp.pad(o, [(0, 0), (0, k - b)] + [(0, 0)] * (o.ndim - 2)),
-                          out)
-    return run
-
-  return jax.lax.switch(jnp.minimum(which, len(sizes) - 1), [branch(b) for b in sizes], arrays)
-
-
-def _apply_crops(net, variables, sats, boxes, size: int, h: int, w: int):
-  """Batched crops (B, b, 4) -> (outputs of the net with (B, b, ...) leaves, crop validity)."""
-  reg, cok = jax.vmap(lambda b: crop_regions(b, h, w))(boxes)
-  crops = jax.vmap(lambda s, r: area_crops(s, r, size))(sats, reg)
-  bsz, n = boxes.shape[:2]
-  out = net.apply(variables, normalize(crops.reshape((bsz * n, size, size, 3))))
-  return jax.tree.map(lambda o: o.reshape((bsz, n) + o.shape[1:]), out), cok
+# ---------------------------------------------------------------- MTCNN, staged
+# What each stage's shapes depend on (and so what it compiles for):
+#   host   pyramid levels of each image, area-resampled from its integral image (numpy,
+#          the same float32 operations as `boxes.area_crops` in jnp), packed into a canvas
+#          of a size from CANVAS_SIDES; the crops of stages 2 and 3 (numpy, likewise)
+#   P-Net  one program per (batch bucket, canvas height, canvas width): the net on the
+#          canvas, every level's cells, NMS within each level then across levels
+#   R-Net  one program per crop-count bucket, whatever the image sizes: the net on the
+#          24x24 crops of every image of the batch, NMS within each image
+#   O-Net  likewise on 48x48 crops, with landmarks and the last 'Min' NMS
+# A folder of photos of N sizes compiles a handful of programs, not N cascades, and the
+# persistent compilation cache (jaxvision.core.compile) keeps them between runs. The
+# host does what depends on the image size: two small transfers between stages.
+# About x1.25 apart: a canvas wastes at most a quarter of a side on padding, and a folder of
+# mixed sizes still lands on a few sizes.
+CANVAS_SIDES = (64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280,
+                1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240,
+                12288, 14336, 16384)
+BATCH_BUCKETS = (1, 2, 4, 8)
+MAX_BATCH = BATCH_BUCKETS[-1]
+CROP_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+MAX_LEVELS = 24  # level-table slots; a 16384-pixel image has 21 levels at min_face 12
 
 
-STAGE2_BUCKETS = (32, 64, 128, 192)  # R-Net batch sizes compiled below cfg.stage2
-STAGE3_BUCKETS = (8, 16, 32)     # O-Net batch sizes compiled below cfg.stage3
+def _bucket(n: int, sizes) -> int:
+  for b in sizes:
+    if n <= b:
+      return b
+  return int(-(-n // sizes[-1]) * sizes[-1])
 
 
-def _mtcnn(nets, sats, h: int, w: int, cfg: DetectorConfig):
-  """The MTCNN cascade over a batch of summed-area tables (B, H+1, W+1, 3)."""
-  (pnet, pvars), stage2, stage3 = nets["pnet"], nets.get("rnet"), nets.get("onet")
-  bsz, k_out = sats.shape[0], cfg.stage3
-  if not pyramid_scales(h, w, cfg.min_face, cfg.factor):
-    # image smaller than one 12-pixel window at min_face: nothing to find
-    return (jnp.zeros((bsz, k_out, 4)), jnp.zeros((bsz, k_out)), jnp.zeros((bsz, k_out, 5, 2)),
-            jnp.zeros((bsz, k_out), bool))
+@dataclasses.dataclass
+class _Prepared:
+  """One image on the host: its integral image and its packed pyramid."""
+  h: int
+  w: int
+  sat: np.ndarray                 # (h+1, w+1, 3) int64
+  canvas: np.ndarray | None       # (Hc, Wc, 3) float32, normalised; None: no level
+  mask: np.ndarray | None         # (Hc-2, Wc-2) bool: conv1 cells of some level
+  levels: np.ndarray | None       # (MAX_LEVELS, 4) float32: oy/2, ox/2, 1/scale, valid
+  cells: np.ndarray | None        # (Hp, Wp) int32: level of each output cell, -1 none
 
-  def apply_p(x, pool_mask):
-    out = pnet.apply(pvars, x, pool_mask=pool_mask)
-    return _prob(out["logits"])[0], out["box"][0]
 
-  def first(sat):
-    boxes, sc, r, ok = _stage1(apply_p, sat, h, w, cfg)
+def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
+  h, w = image.shape[:2]
+  sat = integral_image(image)
+  levels = pyramid_scales(h, w, cfg.min_face, cfg.factor)
+  if not levels:
+    return _Prepared(h, w, sat, None, None, None, None)
+  if len(levels) > MAX_LEVELS:
+    raise DataError(f"image of {w}x{h} pixels has {len(levels)} pyramid levels at "
+                    f"min_face {cfg.min_face}; at most {MAX_LEVELS} are supported")
+  even = lambda n: n + (n & 1)
+  sizes = [(hs, ws) for _, hs, ws in levels]
+  width = _bucket(even(sizes[0][1]) + (even(sizes[1][1]) if len(sizes) > 1 else 0),
+                  CANVAS_SIDES)
+  offsets, x, y, shelf = [], 0, 0, 0   # shelf packing at the bucket's width
+  for hs, ws in sizes:
+    if x > 0 and x + even(ws) > width:
+      x, y, shelf = 0, y + shelf, 0
+    offsets.append((y, x))
+    x += even(ws)
+    shelf = max(shelf, even(hs))
+  hc = _bucket(y + shelf, CANVAS_SIDES)
+  canvas = np.zeros((hc, width, 3), np.float32)
+  mask = np.zeros((hc - 2, width - 2), bool)
+  hp, wp = out_cells(hc, cfg.kind), out_cells(width, cfg.kind)
+  cells = np.full((hp, wp), -1, np.int32)
+  table = np.zeros((MAX_LEVELS, 4), np.float32)
+  whole = np.array([[0, h, 0, w]], np.int32)
+  for i, ((scale, hs, ws), (oy, ox)) in enumerate(zip(levels, offsets)):
+    canvas[oy:oy + hs, ox:ox + ws] = normalize(area_crops(sat, whole, (hs, ws))[0])
+    mask[oy:oy + hs - 2, ox:ox + ws - 2] = True
+    rows, cols = out_cells(hs, cfg.kind), out_cells(ws, cfg.kind)
+    if rows > 0 and cols > 0:
+      cells[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols] = i
+    # 1 / scale as `boxes.cell_windows` computes it (float32 division of float32s)
+    table[i] = (oy // 2, ox // 2, np.float32(1.0) / np.float32(scale), 1.0)
+  return _Prepared(h, w, sat, canvas, mask, table, cells)
+
+
+def _mtcnn_stage1(pnet, pvars, canvas, mask, cells, table, cfg: DetectorConfig, k_out: int):
+  """P-Net over a batch of packed canvases -> squared candidates (B, k_out, 4), scores, ok."""
+  out = pnet.apply(pvars, canvas, pool_mask=mask)
+  prob, reg = _prob(out["logits"]), out["box"]
+  n_levels = table.shape[1]
+  k1 = min(cfg.per_scale * n_levels, prob.shape[1] * prob.shape[2])
+
+  def one(prob, reg, cells, table):
+    wp = prob.shape[1]
+    flat = prob.reshape(-1)
+    lev = cells.reshape(-1)
+    idx, ok = _top(flat, (lev >= 0) & (flat >= cfg.thresholds[0]), k1)
+    lv = jnp.maximum(lev[idx], 0)
+    t = table[lv]
+    xx = (idx % wp).astype(jnp.float32) - t[:, 1]
+    yy = (idx // wp).astype(jnp.float32) - t[:, 0]
+    inv = t[:, 2]
+    boxes = jnp.stack([jnp.floor((2 * xx + 1) * inv), jnp.floor((2 * yy + 1) * inv),
+                       jnp.floor((2 * xx + 12) * inv), jnp.floor((2 * yy + 12) * inv)], axis=1)
+    sc, r = flat[idx], reg.reshape(-1, 4)[idx]
+    # NMS within each level: one loop per level, vmapped (its trip count is the most
+    # survivors of one level, not of all of them)
+    keep = jax.vmap(lambda l: nms(boxes, sc, ok & (lv == l), cfg.nms[0]))(
+        jnp.arange(n_levels)).any(0)
+    idx, ok = _top(sc, keep, min(cfg.proposals, k1))
+    boxes, sc, r = boxes[idx], sc[idx], r[idx]
+    keep = nms(boxes, sc, ok, cfg.nms[1])                    # across levels
     boxes = rerec(bbreg(boxes, r, plus_one=False))
-    return _compact(cfg.stage2 if stage2 else k_out, sc, ok, boxes)
+    ok, sc, boxes = _compact(k_out, sc, keep, boxes)
+    return boxes, sc, ok
 
-  ok, sc, boxes = jax.vmap(first)(sats)
-  lm = jnp.zeros(boxes.shape[:2] + (5, 2))
+  return jax.vmap(one)(prob, reg, cells, table)
 
-  if stage2 is not None:
-    rnet, rvars = stage2
-    out, cok = _bucketed(lambda b: _apply_crops(rnet, rvars, sats, b, 24, h, w),
-                         ok.sum(1), boxes.shape[1], STAGE2_BUCKETS, boxes)
 
-    def second(boxes, ok, cok, logits, reg):
-      sc = _prob(logits)
-      ok = ok & cok & (sc > cfg.thresholds[1])
-      keep = nms(boxes, sc, ok, cfg.nms[2])
-      return _compact(k_out, sc, keep, rerec(bbreg(boxes, reg)))
+def _mtcnn_refine(net, variables, crops, boxes, image, valid, threshold, nms_threshold,
+                  last: bool):
+  """R-Net (last=False) or O-Net (last=True) on the crops of a flattened batch; NMS within
+  each image (`image` ids). -> boxes (N, 4), scores, keep, landmarks (N, 5, 2)."""
+  out = net.apply(variables, normalize(crops))
+  sc = _prob(out["logits"])
+  ok = valid & (sc > threshold)
+  per_image = lambda **kw: jax.vmap(lambda g: nms(boxes, sc, ok & (image == g), nms_threshold,
+                                                  **kw))(jnp.arange(MAX_BATCH)).any(0)
+  if not last:
+    keep = per_image()
+    return rerec(bbreg(boxes, out["box"])), sc, keep, jnp.zeros(boxes.shape[:1] + (5, 2))
+  p = out["landmarks"]
+  bw = boxes[:, 2] - boxes[:, 0] + 1
+  bh = boxes[:, 3] - boxes[:, 1] + 1
+  lm = jnp.stack([bw[:, None] * p[:, :5] + boxes[:, 0:1] - 1,
+                  bh[:, None] * p[:, 5:] + boxes[:, 1:2] - 1], axis=-1)
+  boxes = bbreg(boxes, out["box"])
+  keep = per_image(mode="min", plus_one=True)
+  return boxes, sc, keep, lm
 
-    ok, sc, boxes = jax.vmap(second)(boxes, ok, cok, out["logits"], out["box"])
-    lm = jnp.zeros((bsz, k_out, 5, 2))
 
-  if stage3 is not None:
-    onet, ovars = stage3
-    out, cok = _bucketed(lambda b: _apply_crops(onet, ovars, sats, b, 48, h, w),
-                         ok.sum(1), boxes.shape[1], STAGE3_BUCKETS, boxes)
-
-    def third(boxes, ok, cok, logits, reg, p):
-      sc = _prob(logits)
-      ok = ok & cok & (sc > cfg.thresholds[2])
-      bw = boxes[:, 2] - boxes[:, 0] + 1
-      bh = boxes[:, 3] - boxes[:, 1] + 1
-      lm = jnp.stack([bw[:, None] * p[:, :5] + boxes[:, 0:1] - 1,
-                      bh[:, None] * p[:, 5:] + boxes[:, 1:2] - 1], axis=-1)
-      boxes = bbreg(boxes, reg)
-      keep = nms(boxes, sc, ok, cfg.nms[3], mode="min", plus_one=True)
-      return _compact(k_out, sc, keep, boxes, lm)
-
-    ok, sc, boxes, lm = jax.vmap(third)(boxes, ok, cok, out["logits"], out["box"],
-                                        out["landmarks"])
-  return boxes, sc, lm, ok
-
+def _best(scores: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+  """Indices of the k best kept entries, best first, ties by lower index (lax.top_k's)."""
+  idx = np.flatnonzero(keep)
+  return idx[np.argsort(-scores[idx], kind="stable")][:k]
 
 # ---------------------------------------------------------------- Cascade CNN pipeline
 def _cascade_one(nets, sat, h: int, w: int, cfg: DetectorConfig):
@@ -284,18 +338,106 @@ class FaceDetector:
     self._modules = {k: m for k, (m, _) in nets.items()}
     self.variables = {k: jax.tree.map(jnp.asarray, v) for k, (_, v) in nets.items()}
     self._fn = jax.jit(self._run)
+    if config.kind == "mtcnn":
+      cfg = config
+      k1 = cfg.stage2 if "rnet" in nets else cfg.stage3
+      pnet, rnet, onet = (self._modules.get(k) for k in MTCNN_STAGES)
+      self._stages = {
+          "pnet": lambda v, *a: _mtcnn_stage1(pnet, v, *a, cfg, k1),
+          "rnet": lambda v, *a: _mtcnn_refine(rnet, v, *a, cfg.thresholds[1], cfg.nms[2], False),
+          "onet": lambda v, *a: _mtcnn_refine(onet, v, *a, cfg.thresholds[2], cfg.nms[3], True)}
+      self._jitted = {k: jax.jit(f) for k, f in self._stages.items()}
 
   def _run(self, variables, images):
-    """images (B, H, W, 3) uint8 -> boxes (B, K, 4), scores, landmarks (B, K, 5, 2), valid."""
+    """Cascade CNN: images (B, H, W, 3) uint8 -> boxes (B, K, 4), scores, landmarks, valid."""
     _, h, w, _ = images.shape
     nets = {k: (self._modules[k], v) for k, v in variables.items()}
     sats = jax.vmap(integral_image)(images)
-    if self.config.kind == "mtcnn":
-      return _mtcnn(nets, sats, h, w, self.config)
     return jax.vmap(lambda s: _cascade_one(nets, s, h, w, self.config))(sats)
 
+  def _mtcnn_raw(self, images: list[np.ndarray], jit: bool) -> dict[str, np.ndarray]:
+    """The staged MTCNN cascade over images of any sizes (module comment above)."""
+    cfg, k_out = self.config, self.config.stage3
+    run = self._jitted if jit else self._stages
+    prep = [_prepare(im, cfg) for im in images]
+    n = len(images)
+    boxes = np.zeros((n, k_out, 4), np.float32)
+    scores = np.zeros((n, k_out), np.float32)
+    lms = np.zeros((n, k_out, 5, 2), np.float32)
+    valid = np.zeros((n, k_out), bool)
+    live = [i for i, p in enumerate(prep) if p.canvas is not None]
+    if not live:
+      return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
+    # Stage 1: one program per (batch bucket, canvas size); images grouped by canvas size.
+    groups: dict[tuple, list[int]] = {}
+    for i in live:
+      groups.setdefault(prep[i].canvas.shape[:2], []).append(i)
+    cand = {}
+    for (hc, wc), members in groups.items():
+      for k in range(0, len(members), MAX_BATCH):
+        cand.update(self._first(run["pnet"], prep, members[k:k + MAX_BATCH], hc, wc))
+    for stage, size in (("rnet", 24), ("onet", 48)):
+      if stage not in self.variables:
+        break
+      cand = self._refine(run[stage], self.variables[stage], prep, cand, size)
+    for i, (b, s, lm) in cand.items():
+      order = _best(s, np.ones(len(s), bool), k_out)
+      m = len(order)
+      boxes[i, :m], scores[i, :m], lms[i, :m], valid[i, :m] = b[order], s[order], lm[order], True
+    return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
+
+  def _first(self, fn, prep, members, hc: int, wc: int):
+    """P-Net over the images `members`, whose canvases are all hc x wc."""
+    cfg = self.config
+    nb = _bucket(len(members), BATCH_BUCKETS)
+    canvas = np.zeros((nb, hc, wc, 3), np.float32)
+    mask = np.zeros((nb, hc - 2, wc - 2), bool)
+    cells = np.full((nb, out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), -1, np.int32)
+    n_levels = max(int(prep[i].levels[:, 3].sum()) for i in members)
+    n_levels = -(-n_levels // 4) * 4   # a few level counts: few programs
+    table = np.zeros((nb, n_levels, 4), np.float32)
+    for j, i in enumerate(members):
+      p = prep[i]
+      canvas[j], mask[j], cells[j], table[j] = p.canvas, p.mask, p.cells, p.levels[:n_levels]
+    b1, s1, ok1 = (np.asarray(t) for t in fn(self.variables["pnet"], canvas, mask, cells, table))
+    return {i: (b1[j][ok1[j]], s1[j][ok1[j]], np.zeros((int(ok1[j].sum()), 5, 2), np.float32))
+            for j, i in enumerate(members)}
+
+  def _refine(self, fn, variables, prep, cand, size: int):
+    """One later stage over every image's candidates, flattened into one crop batch; each
+    image keeps its `stage3` best survivors (the buffer of the last stage)."""
+    keys = [i for i in cand if len(cand[i][0])]
+    n = sum(len(cand[i][0]) for i in keys)
+    if n == 0:
+      return {i: c for i, c in cand.items()}
+    nb = _bucket(n, CROP_BUCKETS)
+    crops = np.zeros((nb, size, size, 3), np.float32)
+    boxes = np.zeros((nb, 4), np.float32)
+    image = np.full((nb,), -1, np.int32)
+    ok = np.zeros((nb,), bool)
+    at = 0
+    for i in keys:
+      b = cand[i][0]
+      reg, cok = crop_regions(b, prep[i].h, prep[i].w)
+      crops[at:at + len(b)] = area_crops(prep[i].sat, reg, size)
+      boxes[at:at + len(b)], image[at:at + len(b)], ok[at:at + len(b)] = b, i, cok
+      at += len(b)
+    b2, s2, keep, lm2 = (np.asarray(t) for t in fn(variables, crops, boxes, image, ok))
+    out = {}
+    for i in cand:
+      sel = np.flatnonzero((image == i) & keep)
+      sel = sel[np.argsort(-s2[sel], kind="stable")][:self.config.stage3]
+      out[i] = (b2[sel], s2[sel], lm2[sel])
+    return out
+
   def raw(self, images, jit: bool = True) -> dict[str, np.ndarray]:
-    """Fixed-size outputs of the compiled cascade for a (B, H, W, 3) uint8 batch."""
+    """Fixed-size outputs of the cascade for a (B, H, W, 3) uint8 batch (or, for MTCNN, a
+    list of images of any sizes): per image the valid entries first, best score first."""
+    if self.config.kind == "mtcnn":
+      ims = ([as_rgb_batch(im)[0] for im in images] if isinstance(images, (list, tuple))
+             else list(as_rgb_batch(images)))
+      parts = [self._mtcnn_raw(ims[i:i + MAX_BATCH], jit) for i in range(0, len(ims), MAX_BATCH)]
+      return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     images = as_rgb_batch(images)
     fn = self._fn if jit else self._run
     b, s, lm, ok = fn(self.variables, jnp.asarray(images))
@@ -303,7 +445,8 @@ class FaceDetector:
             "valid": np.asarray(ok)}
 
   def detect(self, images, jit: bool = True) -> list[list[dict]]:
-    """Per image, faces sorted by score: {"box", "score", "landmarks"} (input pixels)."""
+    """Per image, faces sorted by score: {"box", "score", "landmarks"} (input pixels).
+    `images`: one image, a (B, H, W, C) batch, or (MTCNN) a list of images of any sizes."""
     r = self.raw(images, jit=jit)
     with_landmarks = self.config.kind == "mtcnn" and "onet" in self.variables
     out = []

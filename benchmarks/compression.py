@@ -20,12 +20,10 @@ the ideal code length.
 """
 import argparse
 import functools
-import importlib.machinery
 import json
 import os
 import sys
 import time
-import types
 
 # jax imports a top-level module named `compression` (its compilation cache tries
 # an optional package of that name); this script's folder must not shadow it.
@@ -97,51 +95,9 @@ _CLASSES = {"bmshj2018-factorized": "FactorizedPrior", "bmshj2018-hyperprior": "
 
 
 def _import_compressai():
-  """compressai.models with stubs for optional packages its image models never use."""
-  class Stub(types.ModuleType):
-    def __getattr__(self, name):
-      if name.startswith("__"):
-        raise AttributeError(name)
-      m = Stub(f"{self.__name__}.{name}")
-      m.__path__ = []
-      sys.modules[m.__name__] = m
-      setattr(self, name, m)
-      return m
-
-    def __call__(self, *a, **k):
-      return self
-
-    def __mro_entries__(self, bases):
-      return (object,)
-
-  stubbed = set()
-
-  class Finder:
-    def find_spec(self, name, path=None, target=None):
-      if name.split(".")[0] in stubbed:
-        return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-      m = Stub(spec.name)
-      m.__path__ = []
-      return m
-
-    def exec_module(self, m):
-      pass
-
-  sys.meta_path.insert(0, Finder())
-  for _ in range(20):
-    try:
-      import compressai.models as cm
-      return cm
-    except ModuleNotFoundError as e:
-      root = (e.name or "").split(".")[0]
-      if root in stubbed or root in ("compressai", "torch", ""):
-        raise
-      stubbed.add(root)
-      for k in [k for k in sys.modules if k.startswith("compressai")]:
-        del sys.modules[k]
-  raise ImportError("compressai does not import")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from tests.compression.compressai_import import import_compressai
+  return import_compressai()
 
 
 def bench_compressai(name, nm, x, reps):

@@ -79,11 +79,13 @@ def pyramid_windows(h: int, w: int, min_face: float = 20.0, factor: float = 0.70
   return np.concatenate(out).astype(np.float32)
 
 
-def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+def pack_levels(sizes: list[tuple[int, int]], width: int | None = None
+                ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
   """Shelf-packs pyramid levels (h, w) into one canvas at even offsets (the nets'
-  stride is 2, so every level keeps its own output grid) -> (offsets, canvas size)."""
+  stride is 2, so every level keeps its own output grid) -> (offsets, canvas size).
+  `width`: the canvas width (default: the two largest levels side by side, `packed_width`)."""
   even = lambda n: n + (n & 1)
-  width = even(sizes[0][1]) + (even(sizes[1][1]) if len(sizes) > 1 else 0)
+  width = packed_width(sizes) if width is None else width
   offsets, x, y, shelf = [], 0, 0, 0
   for h, w in sizes:
     if x > 0 and x + even(w) > width:
@@ -95,6 +97,12 @@ def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tu
 
 
 # ---------------------------------------------------------------- crops
+def packed_width(sizes: list[tuple[int, int]]) -> int:
+  """The default canvas width of `pack_levels`: the two largest levels side by side."""
+  even = lambda n: n + (n & 1)
+  return even(sizes[0][1]) + (even(sizes[1][1]) if len(sizes) > 1 else 0)
+
+
 def integral_image(image):
   """(H, W, C) integer image -> (H+1, W+1, C) summed-area table (int32 in jnp).
 

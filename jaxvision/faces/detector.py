@@ -34,7 +34,7 @@ from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
 from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, cell_windows,
                                    crop_regions, integral_image, nms, out_cells, pack_levels,
-                                   pyramid_scales, rerec)
+                                   packed_width, pyramid_scales, rerec)
 from jaxvision.faces.convert import load_mtcnn_weights
 from jaxvision.faces.models import ONet, PNet, RNet, normalize
 
@@ -179,18 +179,9 @@ def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
   if len(levels) > MAX_LEVELS:
     raise DataError(f"image of {w}x{h} pixels has {len(levels)} pyramid levels at "
                     f"min_face {cfg.min_face}; at most {MAX_LEVELS} are supported")
-  even = lambda n: n + (n & 1)
   sizes = [(hs, ws) for _, hs, ws in levels]
-  width = _bucket(even(sizes[0][1]) + (even(sizes[1][1]) if len(sizes) > 1 else 0),
-                  CANVAS_SIDES)
-  offsets, x, y, shelf = [], 0, 0, 0   # shelf packing at the bucket's width
-  for hs, ws in sizes:
-    if x > 0 and x + even(ws) > width:
-      x, y, shelf = 0, y + shelf, 0
-    offsets.append((y, x))
-    x += even(ws)
-    shelf = max(shelf, even(hs))
-  hc = _bucket(y + shelf, CANVAS_SIDES)
+  offsets, (packed_h, width) = pack_levels(sizes, _bucket(packed_width(sizes), CANVAS_SIDES))
+  hc = _bucket(packed_h, CANVAS_SIDES)
   canvas = np.zeros((hc, width, 3), np.float32)
   mask = np.zeros((hc - 2, width - 2), bool)
   hp, wp = out_cells(hc, cfg.kind), out_cells(width, cfg.kind)

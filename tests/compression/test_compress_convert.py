@@ -6,9 +6,6 @@ With torch, the transposed-conv kernel flip is checked against PyTorch itself, a
 if CompressAI imports (with stub modules for its unused optional dependencies) its
 own models' state dicts and forward passes are compared with ours.
 """
-import importlib.machinery
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +17,7 @@ from jaxvision.compression import layers as L
 from jaxvision.compression import models as CM
 from jaxvision.core import weights
 from jaxvision.core.registry import create_model
+from tests.compression.compressai_import import import_compressai
 
 N, M = 8, 12
 
@@ -104,58 +102,8 @@ def test_deconv_flip_matches_torch():
 
 
 def _import_compressai():
-  """compressai with stubs for the optional packages it imports at top level
-  (torch_geometric, torchvision, pandas, ...), which its image models never use."""
   pytest.importorskip("torch")
-
-  class Stub(types.ModuleType):
-    def __getattr__(self, name):
-      if name.startswith("__"):
-        raise AttributeError(name)
-      m = Stub(f"{self.__name__}.{name}")
-      m.__path__ = []
-      sys.modules[m.__name__] = m
-      setattr(self, name, m)
-      return m
-
-    def __call__(self, *a, **k):
-      return self
-
-    def __mro_entries__(self, bases):
-      return (object,)
-
-  stubbed = set()
-
-  class Finder:
-    def find_spec(self, name, path=None, target=None):
-      if name.split(".")[0] in stubbed:
-        return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-      m = Stub(spec.name)
-      m.__path__ = []
-      return m
-
-    def exec_module(self, m):
-      pass
-
-  finder = Finder()
-  sys.meta_path.insert(0, finder)
-  try:
-    for _ in range(20):
-      try:
-        import compressai.models as cm
-        return cm
-      except ModuleNotFoundError as e:
-        root = (e.name or "").split(".")[0]
-        if root in stubbed or root in ("compressai", "torch", ""):
-          pytest.skip(f"compressai does not import: {e}")
-        stubbed.add(root)
-        for k in [k for k in sys.modules if k.startswith("compressai")]:
-          del sys.modules[k]
-    pytest.skip("compressai does not import")
-  finally:
-    sys.meta_path.remove(finder)
+  return import_compressai(on_fail=pytest.skip)
 
 
 _CLASSES = {"bmshj2018-factorized": "FactorizedPrior", "bmshj2018-hyperprior": "ScaleHyperprior",

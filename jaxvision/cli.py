@@ -10,6 +10,10 @@
   jaxvision models            (list registered models)
   jaxvision operators         (list image operators)
 
+Every command reads and writes JAX's persistent compilation cache (`core.compile`:
+~/.cache/jaxvision/xla, or $JAXVISION_COMPILE_CACHE; `--no-compile-cache` or
+JAXVISION_COMPILE_CACHE=0 switch it off).
+
 Every family's `commands.py` registers an `add(subparsers)` function in
 `jaxvision.core.registry`; this module only builds the parser from them and catches
 `jaxvision.core.errors.UserError` once: one line on stderr, exit status 1.
@@ -23,6 +27,7 @@ import sys
 
 from jaxvision import families
 from jaxvision.core import registry
+from jaxvision.core import compile as jv_compile
 from jaxvision.core.errors import UserError, first_line
 
 # Kept for code written against older jaxvision: the one error base of every command.
@@ -87,11 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
   for add in registry.command_adders():
     add(sub)
   _add_core_commands(sub)
+  _add_common_flags(sub)
   return parser
+
+
+def _add_common_flags(sub) -> None:
+  """Flags every subcommand takes, added here so that no family has to know of them."""
+  seen = set()
+  for p in sub.choices.values():
+    if id(p) in seen:  # an alias names the same parser twice
+      continue
+    seen.add(id(p))
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not read or write the persistent compilation cache "
+                   "(also: JAXVISION_COMPILE_CACHE=0)")
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  # Before anything compiles: a second run on the same sizes then compiles nothing.
+  jv_compile.enable_compile_cache(not args.no_compile_cache)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter
   try:

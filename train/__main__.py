@@ -16,6 +16,10 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (manual multi-host launches).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_NO_COMPILE_CACHE = flags.DEFINE_bool(
+    "no_compile_cache", False, "Do not read or write the persistent compilation cache "
+    "(~/.cache/jaxvision/xla or $JAXVISION_COMPILE_CACHE; JAXVISION_COMPILE_CACHE=0 also "
+    "switches it off).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +29,9 @@ def main(argv):
   from absl import logging
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  from jaxvision.core import compile as jv_compile
+  # Before anything compiles: a restarted or repeated run loads its programs from disk.
+  jv_compile.enable_compile_cache(not _NO_COMPILE_CACHE.value)
   from train import trainer  # heavy imports after flag parsing (fast --help)
   from jaxvision.core.errors import UserError
 

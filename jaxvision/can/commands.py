@@ -1,4 +1,8 @@
-"""`jaxvision enhance` (apply a trained image operator) and `jaxvision operators`."""
+"""`jaxvision enhance` (apply a trained image operator) and `jaxvision operators`.
+
+  jaxvision enhance --checkpoint WORKDIR --input IN.jpg --output OUT.png
+  jaxvision enhance --checkpoint WORKDIR --input PHOTOS/ --output OUT_DIR/   (a folder)
+"""
 from __future__ import annotations
 
 import time
@@ -8,38 +12,53 @@ from jaxvision.core.registry import register_commands
 
 
 def enhance(args) -> None:
+  """One image (--input FILE --output OUT.png), or a folder of them into a folder
+  (--input DIR --output OUT_DIR: OUT_DIR/<name>.png each; see `core.inputs`)."""
   import os
 
   import jax
   import numpy as np
 
-  from jaxvision.core import checkpoint, io, tiling
+  from jaxvision.core import checkpoint, inputs, io, tiling
 
-  if not args.output.lower().endswith(".png"):
-    raise UserError(f"{args.output}: output must be a .png file")
-  if not os.path.exists(args.input):
-    raise UserError(f"{args.input}: no such file")
+  folder = os.path.isdir(args.input)
+  if folder:
+    inputs.check_output_folder(args.output, args.input, ".png")
+    sources = inputs.image_files([args.input])
+    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
+  else:
+    if not args.output.lower().endswith(".png"):
+      raise UserError(f"{args.output}: output must be a .png file")
+    if not os.path.exists(args.input):
+      raise UserError(f"{args.input}: no such file")
+    jobs = [(args.input, args.output)]
   config, model, variables, step = checkpoint.load_model(args.checkpoint, "image_to_image",
                                                          "an image operator")
-  image, alpha = io.read_image(args.input)
-
   if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
     raise UserError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
   radius = model.receptive_radius()
-  fn = jax.jit(lambda x: model.apply(variables, x, train=False))
-  x = image.astype(np.float32) / 255.0
-  t = time.time()
-  h, w = image.shape[:2]
-  tile = args.tile
-  if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
-    tile = max(h, w) if h * w <= args.max_pixels else max(
-        64, int(args.max_pixels ** 0.5) - 2 * radius)
-  y = io.to_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile))
-  if alpha is not None:
-    y = np.concatenate([y, alpha[..., None]], axis=-1)
-  io.write_png(args.output, y)
-  print(f"{args.input} -> {args.output}: {w}x{h}, {config.data.get('operator', '')} "
-        f"(checkpoint step {step}), {time.time() - t:.2f}s")
+  fn = jax.jit(lambda x: model.apply(variables, x, train=False))  # one for every image
+
+  def one(job):
+    src, dst = job
+    image, alpha = io.read_image(src)
+    x = image.astype(np.float32) / 255.0
+    t = time.time()
+    h, w = image.shape[:2]
+    tile = args.tile
+    if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
+      tile = max(h, w) if h * w <= args.max_pixels else max(
+          64, int(args.max_pixels ** 0.5) - 2 * radius)
+    y = io.to_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile))
+    if alpha is not None:
+      y = np.concatenate([y, alpha[..., None]], axis=-1)
+    io.write_png(dst, y)
+    inputs.say(f"{src} -> {dst}: {w}x{h}, {config.data.get('operator', '')} "
+               f"(checkpoint step {step}), {time.time() - t:.2f}s")
+
+  if folder:
+    inputs.make_folder(args.output)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 
 def list_operators(args) -> None:
@@ -53,8 +72,10 @@ def add(sub) -> None:
                      "size, in overlapping tiles so memory stays bounded (no seams).")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
                  help="workdir of a `python -m train` run")
-  p.add_argument("--input", required=True, metavar="IN", help="input image (any format Pillow reads)")
-  p.add_argument("--output", required=True, metavar="OUT.png")
+  p.add_argument("--input", required=True, metavar="IN",
+                 help="input image (any format Pillow reads), or a folder of them")
+  p.add_argument("--output", required=True, metavar="OUT.png",
+                 help="output PNG; a folder (existing or new) when --input is a folder")
   p.add_argument("--tile", type=int, default=None,
                  help="output pixels per tile side (default: from --max-pixels)")
   p.add_argument("--max-pixels", type=float, default=4e6,

@@ -1,6 +1,7 @@
 """`jaxvision classify`: the top-5 classes of image files with a trained or converted classifier.
 
   jaxvision classify --checkpoint WORKDIR IN [IN ...]     top-5 classes per image
+                                                         (IN: a file or a folder of them)
 
 The workdir is a `configs/classify.py` run or a `jaxvision convert` of timm/torchvision
 weights; images are preprocessed as the evaluation split was (`data.eval_transform`:
@@ -13,10 +14,14 @@ import numpy as np
 from jaxvision.core.registry import register_commands
 
 TOPK = 5
+# Images classified at once: bounds memory on a folder of thousands of photos; the last
+# batch is padded to the same size so that a run compiles one program, not two.
+BATCH = 32
 
 
-def predict_topk(model, variables, images: np.ndarray, k: int = TOPK):
-  """(probabilities, indices) of the k most likely classes per image; images f32 [0, 1]."""
+def topk_fn(model, variables, k: int = TOPK):
+  """Jitted images f32 [0, 1] (N,H,W,3) -> (probabilities, indices) of the k most likely
+  classes; one function for all batches of a command (one trace, one compile)."""
   import jax
   import jax.numpy as jnp
 
@@ -25,26 +30,53 @@ def predict_topk(model, variables, images: np.ndarray, k: int = TOPK):
     p = jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32))
     return jax.lax.top_k(p, min(k, p.shape[-1]))
 
-  p, i = run(jnp.asarray(images))
-  return np.asarray(p), np.asarray(i)
+  return run
+
+
+def predict_topk(model, variables, images: np.ndarray, k: int = TOPK):
+  """(probabilities, indices) of the k most likely classes per image; images f32 [0, 1].
+
+  More than BATCH images go in batches of BATCH (the last one padded)."""
+  run = topk_fn(model, variables, k)
+  n = len(images)
+  if n <= BATCH:
+    p, i = run(images)
+    return np.asarray(p), np.asarray(i)
+  ps, is_ = [], []
+  for s in range(0, n, BATCH):
+    chunk = images[s:s + BATCH]
+    if len(chunk) < BATCH:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], BATCH - len(chunk), 0)])
+    p, i = run(chunk)
+    ps.append(np.asarray(p))
+    is_.append(np.asarray(i))
+  return np.concatenate(ps)[:n], np.concatenate(is_)[:n]
 
 
 def classify(args) -> None:
+  """Image files and folders of them (see `core.inputs`): one line per image, in order."""
   from jaxvision.classification import data
   from jaxvision.classification import models  # noqa: F401  (registers what load_model creates)
-  from jaxvision.core import checkpoint, io
+  from jaxvision.core import checkpoint, inputs, io
 
   config, model, variables, step = checkpoint.load_model(args.checkpoint, "classification",
                                                          "a classifier")
   d = config.get("data", {})
   size = int(args.size or d.get("image_size", 224))
   frac = float(d.get("crop_fraction", 0.875 if size >= 128 else 1.0))
-  xs = [data.eval_transform(io.load_image_file(path), size, frac) for path in args.inputs]
-  probs, idx = predict_topk(model, variables, np.stack(xs))
-  names = data.class_names(config, int(getattr(model, "num_classes", 0)))
-  for path, p, i in zip(args.inputs, probs, idx):
-    print(f"{path}: " + ", ".join(f"{names[j] if j < len(names) else j} {q:.3f}"
-                                  for q, j in zip(p, i)))
+  paths = inputs.image_files(args.inputs)
+  single = len(paths) == 1 and not inputs.any_folder(args.inputs)
+  loaded = inputs.for_each(
+      paths, lambda path: data.eval_transform(io.load_image_file(path), size, frac),
+      command=args.command, strict=single)
+  good = list(loaded.results)
+  if good:
+    probs, idx = predict_topk(model, variables, np.stack([loaded.results[p] for p in good]))
+    names = data.class_names(config, int(getattr(model, "num_classes", 0)))
+    for path, p, i in zip(good, probs, idx):
+      inputs.say(f"{path}: " + ", ".join(f"{names[j] if j < len(names) else j} {q:.3f}"
+                                         for q, j in zip(p, i)))
+  loaded.raise_if_failed()
 
 
 def add(sub) -> None:
@@ -55,7 +87,7 @@ def add(sub) -> None:
                  help="workdir of a configs/classify.py run or of `jaxvision convert`")
   p.add_argument("--size", type=int, default=None,
                  help="input side (default: the training image_size, 224 for converted weights)")
-  p.add_argument("inputs", nargs="+", metavar="IN", help="image files")
+  p.add_argument("inputs", nargs="+", metavar="IN", help="image files, or folders of them")
   p.set_defaults(func=classify)
 
 

@@ -30,69 +30,106 @@ def _codec_from_checkpoint(workdir):
   return config, model, variables, tables
 
 
+def _jobs(args, ext: str, extensions=None):
+  """[(input, output)] and whether the input is a folder: IN OUT, or DIR OUT_DIR (each
+  input's name with `ext`, see `core.inputs`)."""
+  from jaxvision.core import inputs
+  if not os.path.isdir(args.input):
+    return [(args.input, args.output)], False
+  inputs.check_output_folder(args.output, args.input, ext)
+  sources = inputs.image_files([args.input], extensions or inputs.IMAGE_EXTENSIONS)
+  return list(zip(sources, inputs.folder_outputs(sources, args.output, ext))), True
+
+
 def compress(args) -> None:
   import numpy as np
   from jaxvision.compression import coding, files
   from jaxvision.compression.models import STRIDE
-  from jaxvision.core import io
+  from jaxvision.core import inputs, io
 
+  jobs, folder = _jobs(args, ".jvc")
   config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
-  try:
-    image, _ = io.read_image(args.input)  # alpha composited on white and dropped
-    channels = 1 if io.is_grey(args.input) else 3  # grey stays grey on decoding
-  except OSError as e:
-    raise DataError(f"{args.input}: {e.strerror or e}") from None
-  h, w = image.shape[:2]
-  x = image[None].astype(np.float32) / 255.0
-  header, strings = files.compress_image(model, variables, tables, x,
-                                         model_name=config.model.name,
-                                         quality=config.model.kwargs.quality,
-                                         channels=channels)
-  try:
-    n = files.write_jvc(args.output, header, strings)
-  except OSError as e:
-    raise DataError(f"{args.output}: {e.strerror or e}") from None
-  est = coding.estimate_bits(model, variables, x)["total"]
-  print(f"{args.input} -> {args.output}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "
-        f"the model estimated {est / 8:.0f} bytes ({est / (h * w):.4f} bpp; latents of "
-        f"the image padded to a multiple of {STRIDE})")
+
+  def one(job):
+    src, dst = job
+    try:
+      image, _ = io.read_image(src)  # alpha composited on white and dropped
+      channels = 1 if io.is_grey(src) else 3  # grey stays grey on decoding
+    except OSError as e:
+      raise DataError(f"{src}: {e.strerror or e}") from None
+    h, w = image.shape[:2]
+    x = image[None].astype(np.float32) / 255.0
+    header, strings = files.compress_image(model, variables, tables, x,
+                                           model_name=config.model.name,
+                                           quality=config.model.kwargs.quality,
+                                           channels=channels)
+    try:
+      n = files.write_jvc(dst, header, strings)
+    except OSError as e:
+      raise DataError(f"{dst}: {e.strerror or e}") from None
+    est = coding.estimate_bits(model, variables, x)["total"]
+    inputs.say(f"{src} -> {dst}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "
+               f"the model estimated {est / 8:.0f} bytes ({est / (h * w):.4f} bpp; latents "
+               f"of the image padded to a multiple of {STRIDE})")
+
+  if folder:
+    inputs.make_folder(args.output)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 
 def decompress(args) -> None:
   import numpy as np
   from jaxvision.compression import coding, files
   from jaxvision.compression import tables as T
+  from jaxvision.core import inputs
   from jaxvision.core.io import write_png
 
-  if not args.output.lower().endswith(".png"):
-    raise DataError(f"{args.output}: output must be a .png file")
-  try:
-    header, strings = files.read_jvc(args.input)
-  except files.JvcError as e:
-    raise files.JvcError(f"{args.input}: {e}") from None
-  except OSError as e:
-    raise DataError(f"{args.input}: {e.strerror or e}") from None
+  if os.path.isdir(args.input):
+    jobs, folder = _jobs(args, ".png", extensions={".jvc"})
+  else:
+    if not args.output.lower().endswith(".png"):
+      raise DataError(f"{args.output}: output must be a .png file")
+    jobs, folder = [(args.input, args.output)], False
+
+  def read(path):
+    try:
+      return files.read_jvc(path)
+    except files.JvcError as e:
+      raise files.JvcError(f"{path}: {e}") from None
+    except OSError as e:
+      raise DataError(f"{path}: {e.strerror or e}") from None
+
+  first = read(jobs[0][0]) if not folder else None  # a single file is read before the codec
   config, model, variables, tables = _codec_from_checkpoint(args.checkpoint)
-  if (header.model, header.quality) != (config.model.name, int(config.model.kwargs.quality)):
-    raise UserError(f"{args.input} was written by {header.model} quality {header.quality}; "
-                    f"{args.checkpoint} holds {config.model.name} quality "
-                    f"{config.model.kwargs.quality}")
   crc = T.tables_crc(tables)
-  if header.tables_crc is not None and header.tables_crc != crc:
-    raise UserError(f"{args.input} was coded with other CDF tables (CRC "
-                    f"{header.tables_crc:08x}) than {args.checkpoint} holds "
-                    f"({crc:08x}): another checkpoint step or training run, or a "
-                    "hyperprior file from a jaxvision older than its fixed-point coding")
-  try:
-    x = coding.decompress(model, variables, tables, strings, header.latent_shapes,
-                          header.height, header.width)
-  except ValueError as e:
-    raise files.JvcError(f"{args.input}: {first_line(e, 1000)}") from None
-  y = (x[0] * 255.0 + 0.5).astype(np.uint8)
-  if header.channels == 1:
-    y = y.mean(axis=-1).round().astype(np.uint8)
-  write_png(args.output, y)
-  print(f"{args.input} -> {args.output}: {header.width}x{header.height}")
+
+  def one(job):
+    src, dst = job
+    header, strings = first if first is not None else read(src)
+    if (header.model, header.quality) != (config.model.name,
+                                          int(config.model.kwargs.quality)):
+      raise UserError(f"{src} was written by {header.model} quality {header.quality}; "
+                      f"{args.checkpoint} holds {config.model.name} quality "
+                      f"{config.model.kwargs.quality}")
+    if header.tables_crc is not None and header.tables_crc != crc:
+      raise UserError(f"{src} was coded with other CDF tables (CRC "
+                      f"{header.tables_crc:08x}) than {args.checkpoint} holds "
+                      f"({crc:08x}): another checkpoint step or training run, or a "
+                      "hyperprior file from a jaxvision older than its fixed-point coding")
+    try:
+      x = coding.decompress(model, variables, tables, strings, header.latent_shapes,
+                            header.height, header.width)
+    except ValueError as e:
+      raise files.JvcError(f"{src}: {first_line(e, 1000)}") from None
+    y = (x[0] * 255.0 + 0.5).astype(np.uint8)
+    if header.channels == 1:
+      y = y.mean(axis=-1).round().astype(np.uint8)
+    write_png(dst, y)
+    inputs.say(f"{src} -> {dst}: {header.width}x{header.height}")
+
+  if folder:
+    inputs.make_folder(args.output)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 
 def _rd_images(args):
@@ -172,14 +209,16 @@ def add(sub) -> None:
   p = sub.add_parser("compress", help="compress an image into a .jvc file with a trained codec")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
                  help="workdir of a configs/compress.py run")
-  p.add_argument("input", metavar="IN")
-  p.add_argument("output", metavar="OUT.jvc")
+  p.add_argument("input", metavar="IN", help="an image, or a folder of them")
+  p.add_argument("output", metavar="OUT.jvc",
+                 help="the .jvc file; a folder (existing or new) when IN is a folder")
   p.set_defaults(func=compress)
   p = sub.add_parser("decompress", help="decode a .jvc file into a PNG")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
                  help="the codec that wrote the file (its workdir)")
-  p.add_argument("input", metavar="IN.jvc")
-  p.add_argument("output", metavar="OUT.png")
+  p.add_argument("input", metavar="IN.jvc", help="a .jvc file, or a folder of them")
+  p.add_argument("output", metavar="OUT.png",
+                 help="the PNG; a folder (existing or new) when IN is a folder")
   p.set_defaults(func=decompress)
   p = sub.add_parser("rd", help="rate-distortion of learned codecs vs JPEG/WebP/JPEG 2000/AVIF",
                      description="bpp, PSNR and MS-SSIM per image and averaged; writes "

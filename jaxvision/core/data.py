@@ -37,8 +37,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxvision.core.errors import DataError
-from jaxvision.core.io import (_encode_png, atomic_write, atomic_write_text, decode_image,
-                               load_image_file, resize_max_side, to_rgb_uint8, write_png)
+from jaxvision.core.io import (IMAGE_EXTENSIONS, _encode_png, atomic_write, atomic_write_text,
+                               decode_image, load_image_file, resize_max_side, to_rgb_uint8,
+                               write_png)
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +231,6 @@ def _prepare_photos(data_dir: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Folder datasets: jaxvision_folder/<slug>_<pathhash>_<contenthash>
 # --------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
-                              ".ppm", ".pgm", ".pbm", ".pnm"})
-
 
 def _scan_folder(root: str) -> dict[str, list[tuple[str, int, int]]]:
   """{split: [(relpath, size, mtime_ns), ...]} of the image files under root (sorted).

@@ -6,6 +6,7 @@
   load_image_file(path)           the RGB part only (alpha composited on white)
   write_png(path, array)          atomic; a missing output folder is a one-line error
   to_uint8(x)                     float image in [0, 1] -> uint8, rounded
+  IMAGE_EXTENSIONS                what counts as an image file in a folder
 
 Every failure a user can cause is a `DataError` naming the file.
 """
@@ -21,6 +22,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxvision.core.errors import DataError
+
+# What counts as an image file in a folder (folder: datasets, folders given to commands).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                              ".ppm", ".pgm", ".pbm", ".pnm"})
 
 # --------------------------------------------------------------------------------------------
 # Pixels (reading)

@@ -3,6 +3,7 @@
   jaxvision stylize --checkpoint WORKDIR IN OUT.png                 feed-forward (Johnson /
                                                                    texture_net workdir)
   jaxvision stylize --optimize --style STYLE IN OUT.png [--vgg WEIGHTS] [--steps N]
+  jaxvision stylize ... PHOTOS/ OUT_DIR/                            a folder of images
 
 jax and the models are imported when the command runs, so that `jaxvision --help` stays fast.
 """
@@ -32,25 +33,39 @@ def load_generator(workdir: str):
 
 
 def stylize(args) -> None:
+  """IN OUT.png, or a folder of images into a folder (OUT_DIR/<name>.png each); the
+  network (or the style image and descriptor of the optimisation) is loaded once."""
+  import os
+
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxvision.core import io
+  from jaxvision.core import inputs, io
 
-  if not args.output.lower().endswith(".png"):
-    raise UserError(f"{args.output}: output must be a .png file")
+  folder = os.path.isdir(args.input)
+  if folder:
+    inputs.check_output_folder(args.output, args.input, ".png")
+    sources = inputs.image_files([args.input])
+    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
+  else:
+    if not args.output.lower().endswith(".png"):
+      raise UserError(f"{args.output}: output must be a .png file")
+    jobs = [(args.input, args.output)]
   if bool(args.checkpoint) == bool(args.optimize):
     raise UserError("give either --checkpoint WORKDIR (feed-forward) or --optimize --style "
                     "STYLE (Gatys optimisation)")
-  image = io.load_image_file(args.input)  # alpha composited on white, as before
-  image = io.resize_max_side(image, args.max_side or None)
-  x = image.astype(np.float32) / 255.0
-  h, w = x.shape[:2]
-  t = time.time()
+
+  def load(path):
+    image = io.load_image_file(path)  # alpha composited on white, as before
+    return io.resize_max_side(image, args.max_side or None)
+
+  first = None if folder else load(args.input)  # one file: read before the model, as before
   if args.checkpoint:
     apply, config, step = load_generator(args.checkpoint)
-    y = np.asarray(apply(jnp.asarray(x)[None], args.seed))[0]
     what = f"{config.model.name} (checkpoint step {step}, style {config.style.get('image', '?')})"
+
+    def run(x):
+      return np.asarray(apply(jnp.asarray(x)[None], args.seed))[0], what
   else:
     if not args.style:
       raise UserError("--optimize needs --style STYLE_IMAGE")
@@ -61,15 +76,30 @@ def stylize(args) -> None:
       fn, pretrained = perceptual.load_descriptor(args.vgg, arch=args.arch)
     except ValueError as e:  # DataError, WeightsError and an unknown arch: one line
       raise UserError(first_line(e)) from None
-    y, values = gatys.gatys(fn, x, s, steps=args.steps, method=args.optimizer,
-                            learning_rate=args.learning_rate, content_weight=args.content_weight,
-                            style_weight=args.style_weight, tv_weight=args.tv_weight)
-    if not np.all(np.isfinite(y)):
-      raise UserError("the optimisation diverged (non-finite image); try --optimizer adam")
-    what = (f"Gatys {args.optimizer}, {args.steps} steps, loss {values[0]:.4g} -> "
-            f"{values[-1]:.4g}, {'pretrained' if pretrained else 'RANDOM'} {args.arch}")
-  io.write_png(args.output, io.to_uint8(y))
-  print(f"{args.input} -> {args.output}: {w}x{h}, {what}, {time.time() - t:.2f}s")
+
+    def run(x):
+      y, values = gatys.gatys(fn, x, s, steps=args.steps, method=args.optimizer,
+                              learning_rate=args.learning_rate,
+                              content_weight=args.content_weight,
+                              style_weight=args.style_weight, tv_weight=args.tv_weight)
+      if not np.all(np.isfinite(y)):
+        raise UserError("the optimisation diverged (non-finite image); try --optimizer adam")
+      return y, (f"Gatys {args.optimizer}, {args.steps} steps, loss {values[0]:.4g} -> "
+                 f"{values[-1]:.4g}, {'pretrained' if pretrained else 'RANDOM'} {args.arch}")
+
+  def one(job):
+    src, dst = job
+    image = first if first is not None else load(src)
+    x = image.astype(np.float32) / 255.0
+    h, w = x.shape[:2]
+    t = time.time()
+    y, what = run(x)
+    io.write_png(dst, io.to_uint8(y))
+    inputs.say(f"{src} -> {dst}: {w}x{h}, {what}, {time.time() - t:.2f}s")
+
+  if folder:
+    inputs.make_folder(args.output)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 
 def add(sub) -> None:
@@ -95,8 +125,9 @@ def add(sub) -> None:
   p.add_argument("--max-side", type=int, default=0,
                  help="resize the input so its long side is at most this (0: as is)")
   p.add_argument("--seed", type=int, default=0, help="noise seed (texture networks)")
-  p.add_argument("input", metavar="IN")
-  p.add_argument("output", metavar="OUT.png")
+  p.add_argument("input", metavar="IN", help="an image, or a folder of them")
+  p.add_argument("output", metavar="OUT.png",
+                 help="the PNG; a folder (existing or new) when IN is a folder")
   p.set_defaults(func=stylize)
 
 

@@ -1,6 +1,7 @@
 """`jaxvision upscale` and `jaxvision sr-eval`: a trained (or converted) SR workdir at work.
 
   jaxvision upscale --checkpoint WORKDIR IN OUT.png [--tile N]
+  jaxvision upscale --checkpoint WORKDIR PHOTOS/ OUT_DIR/          (a folder)
   jaxvision sr-eval --checkpoint WORKDIR [--dataset D --split S]
 
 jax and the models are imported when a command runs, so that `jaxvision --help` stays fast.
@@ -22,32 +23,50 @@ def _load_sr(workdir: str):
 
 
 def upscale_command(args) -> None:
+  """IN OUT.png, or a folder of images into a folder (OUT_DIR/<name>.png each)."""
   import numpy as np
 
-  from jaxvision.core import io
+  from jaxvision.core import inputs, io
   from jaxvision.superres.eval import upscale
   from jaxvision.superres.resize import imresize
 
-  if not args.output.lower().endswith(".png"):
-    raise UserError(f"{args.output}: output must be a .png file")
-  if not os.path.isfile(args.input):
-    raise UserError(f"{args.input}: no such file")
+  folder = os.path.isdir(args.input)
+  if folder:
+    inputs.check_output_folder(args.output, args.input, ".png")
+    sources = inputs.image_files([args.input])
+    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
+  else:
+    if not args.output.lower().endswith(".png"):
+      raise UserError(f"{args.output}: output must be a .png file")
+    if not os.path.isfile(args.input):
+      raise UserError(f"{args.input}: no such file")
+    jobs = [(args.input, args.output)]
   if args.tile is not None and args.tile < 1:
     raise UserError(f"--tile {args.tile}: must be a positive number of input pixels")
   config, model, variables, step = _load_sr(args.checkpoint)
-  image, alpha = io.read_image(args.input)
-  t = time.time()
-  y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
-              max_pixels=args.max_pixels)
-  y = (y * 255.0 + 0.5).astype(np.uint8)
-  if alpha is not None:  # alpha is not the network's business: bicubic
-    y = np.concatenate([y, imresize(alpha, float(model.scale))[..., None]], axis=-1)
-  io.write_png(args.output, y)
-  h, w = image.shape[:2]
-  if args.tile is not None and not getattr(model, "local", True):
-    print(f"note: {config.model.name} pools over the whole input; tiles change it slightly")
-  print(f"{args.input} -> {args.output}: {w}x{h} -> {y.shape[1]}x{y.shape[0]} "
-        f"({config.model.name} x{model.scale}, checkpoint step {step}), {time.time() - t:.2f}s")
+  note = [f"note: {config.model.name} pools over the whole input; tiles change it slightly"
+          ] if args.tile is not None and not getattr(model, "local", True) else []
+
+  def one(job):
+    src, dst = job
+    image, alpha = io.read_image(src)
+    t = time.time()
+    y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
+                max_pixels=args.max_pixels)
+    y = (y * 255.0 + 0.5).astype(np.uint8)
+    if alpha is not None:  # alpha is not the network's business: bicubic
+      y = np.concatenate([y, imresize(alpha, float(model.scale))[..., None]], axis=-1)
+    io.write_png(dst, y)
+    h, w = image.shape[:2]
+    if note:  # once, before the first result
+      inputs.say(note.pop())
+    inputs.say(f"{src} -> {dst}: {w}x{h} -> {y.shape[1]}x{y.shape[0]} "
+               f"({config.model.name} x{model.scale}, checkpoint step {step}), "
+               f"{time.time() - t:.2f}s")
+
+  if folder:
+    inputs.make_folder(args.output)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 
 def sr_eval_command(args) -> None:
@@ -79,8 +98,9 @@ def add(sub) -> None:
                      description="Any size; large images go in overlapping tiles (overlap = "
                      "the network's receptive radius, so tiles are seam-free).")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR")
-  p.add_argument("input", metavar="IN")
-  p.add_argument("output", metavar="OUT.png")
+  p.add_argument("input", metavar="IN", help="an image, or a folder of them")
+  p.add_argument("output", metavar="OUT.png",
+                 help="the PNG; a folder (existing or new) when IN is a folder")
   p.add_argument("--tile", type=int, default=None,
                  help="tile size in input pixels (default: whole image up to --max-pixels)")
   p.add_argument("--max-pixels", type=int, default=1 << 20,

@@ -104,3 +104,29 @@ def test_workdir_written_before_the_architecture_move_still_enhances(tmp_path):
   assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # XLA may reorder a sum
   config, model, variables, step = jv_ckpt.load_model(str(work), "image_to_image")
   assert (config.model.name, step) == ("can", 2)
+
+
+def test_enhance_a_folder(tmp_path, capsys):
+  """A folder in, a folder out (created): every good image written with its own size, the
+  damaged one named once on stderr, exit 1 with the summary; nothing half-written."""
+  import shutil
+  from tests.conftest import assert_folder_run, image_folder
+  work = tmp_path / "old"
+  shutil.copytree(os.path.join(DATA, "old_workdir"), work)
+  folder, stems, damaged = image_folder(tmp_path, grey=True)
+  out = tmp_path / "out"
+  code = cli.main(["enhance", "--checkpoint", str(work), "--input", folder,
+                   "--output", str(out)])
+  cap = capsys.readouterr()
+  assert_folder_run(code, cap.err, out, stems, damaged, ".png", "enhance")
+  for s in stems:
+    src, got = Image.open(os.path.join(folder, s + ".png")), Image.open(out / (s + ".png"))
+    assert got.size == src.size and got.mode == "RGB"
+    assert f"{os.path.join(folder, s + '.png')} -> {out / (s + '.png')}" in cap.out
+  # the output of a folder must be a folder; an input is never overwritten
+  for bad in (str(tmp_path / "one.png"), folder):
+    assert cli.main(["enhance", "--checkpoint", str(work), "--input", folder,
+                     "--output", bad]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("jaxvision enhance: error: "), err
+  assert not os.path.exists(tmp_path / "one.png")

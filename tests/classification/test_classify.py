@@ -135,3 +135,54 @@ def test_train_on_digits_then_classify_and_convert(tmp_path, tfds_dir):
   want = C.load("resnet18", sd, width=8, num_classes=4)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_classify_folders_and_files(tmp_path, capsys):
+  """classify DIR FILE: a line per good image in order, the damaged one named on stderr,
+  exit 1 with the summary. Random reference-named weights through the converter (no
+  init compile), at 32 pixels."""
+  from jaxvision import cli
+  from jaxvision.classification import convert as C
+  from jaxvision.core import weights
+  from tests.classification.reference import reference_shapes
+  from tests.conftest import image_folder
+  ref = reference_shapes((2, 2, 2, 2), False, width=8, num_classes=4)
+  rng = np.random.default_rng(1)
+  sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in ref.items()}
+  wd = str(tmp_path / "wd")
+  weights.save_workdir(wd, C.load("resnet18", sd, width=8, num_classes=4),
+                       task="classification", model_name="resnet18",
+                       model_kwargs={"width": 8, "num_classes": 4},
+                       extra_config={"data": {"image_size": 32}})
+  folder, stems, damaged = image_folder(tmp_path, grey=True)
+  extra = tmp_path / "extra.png"
+  Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(extra)
+  code = cli.main(["classify", "--checkpoint", wd, folder, str(extra)])
+  cap = capsys.readouterr()
+  err = cap.err.strip().splitlines()
+  assert code == 1 and len(err) == 2, cap.err
+  assert err[0].startswith(f"jaxvision classify: error: {damaged}: not a readable image")
+  assert err[1] == "jaxvision classify: error: 1 of 5 inputs failed"
+  lines = cap.out.strip().splitlines()
+  want = [os.path.join(folder, f"{s}.png") for s in stems] + [str(extra)]
+  assert [l.split(": ", 1)[0] for l in lines] == want
+  assert all(len(l.split(": ", 1)[1].split(", ")) == 4 for l in lines)  # 4 classes
+
+
+def test_predict_topk_in_batches_equals_all_at_once():
+  """A folder of many images goes in batches of BATCH (the last padded): same answers."""
+  from jaxvision.classification import commands
+
+  class Linear:  # any model with flax's apply signature
+    def apply(self, variables, x, train=False):
+      return x.reshape(x.shape[0], -1) @ variables
+
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((4 * 4 * 3, 7)).astype(np.float32)
+  x = rng.random((2 * commands.BATCH + 5, 4, 4, 3)).astype(np.float32)
+  p, i = commands.predict_topk(Linear(), w, x)
+  logits = x.reshape(len(x), -1) @ w
+  assert p.shape == (len(x), 5) and (i == np.argsort(-logits, axis=1)[:, :5]).all()
+  q = np.exp(logits - logits.max(1, keepdims=True))
+  np.testing.assert_allclose(p, np.take_along_axis(q / q.sum(1, keepdims=True), i, 1),
+                             rtol=1e-5)

@@ -91,3 +91,33 @@ def test_checkpoint_restored_decodes_files_written_before(tmp_path, capsys):
   assert cli.main(["decompress", "--checkpoint", work, jvc, str(out)]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "other CDF tables" in err[0] and not out.exists()
+
+
+def test_compress_and_decompress_folders(tmp_path, capsys):
+  """compress DIR OUT_DIR: a .jvc per good image, the damaged one named, exit 1; then
+  decompress OUT_DIR PNG_DIR gives back every size, a damaged .jvc named likewise."""
+  from tests.conftest import assert_folder_run, image_folder
+  _, variables = _variables(4)
+  work = str(tmp_path / "codec")
+  weights.save_workdir(work, variables, task="compression", model_name=NAME,
+                       model_kwargs={"quality": 3, "N": N, "M": M})
+  folder, stems, damaged = image_folder(tmp_path, grey=True)
+  jvcs = tmp_path / "jvc"
+  code = cli.main(["compress", "--checkpoint", work, folder, str(jvcs)])
+  assert_folder_run(code, capsys.readouterr().err, jvcs, stems, damaged, ".jvc", "compress")
+  (jvcs / "broken.jvc").write_bytes((jvcs / "a.jvc").read_bytes()[:9])
+  (jvcs / "skipped.png").write_bytes(b"")  # not a .jvc: not an input of decompress
+  pngs = tmp_path / "png"
+  code = cli.main(["decompress", "--checkpoint", work, str(jvcs), str(pngs)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 2, err
+  assert err[0].startswith(f"jaxvision decompress: error: {jvcs / 'broken.jvc'}: ")
+  assert err[1] == "jaxvision decompress: error: 1 of 4 inputs failed"
+  assert sorted(os.listdir(pngs)) == ["a.png", "b.png", "c.png"]
+  for s in stems:
+    got, src = Image.open(pngs / f"{s}.png"), Image.open(os.path.join(folder, f"{s}.png"))
+    assert got.size == src.size and got.mode == src.mode  # grey a.png stays grey
+  # a folder's output must be a folder
+  assert cli.main(["compress", "--checkpoint", work, folder, str(tmp_path / "x.jvc")]) == 1
+  assert "must be a folder too" in capsys.readouterr().err
+  assert not (tmp_path / "x.jvc").exists()

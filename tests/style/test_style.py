@@ -131,3 +131,27 @@ def test_train_then_stylize_end_to_end(tmp_path, tfds_dir):
   assert cli.main(["stylize", "--checkpoint", str(tmp_path / "nowhere"), str(src),
                    str(tmp_path / "x.png")]) == 1
   assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_stylize_a_folder(tmp_path, capsys):
+  """stylize --checkpoint WORKDIR DIR OUT_DIR: the network loaded once, each good image at
+  its own (odd) size, the damaged one named, exit 1. Random weights from shapes (no init
+  compile) in a converted-style workdir."""
+  from jaxvision import cli
+  from jaxvision.core import weights
+  from tests.conftest import assert_folder_run, image_folder
+  m = registry.create_model("johnson", width=4, num_residual=1)
+  shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype),
+                           shapes)
+  wd = str(tmp_path / "wd")
+  weights.save_workdir(wd, variables, task="style_transfer", model_name="johnson",
+                       model_kwargs={"width": 4, "num_residual": 1},
+                       extra_config={"style": {"image": "random"}})
+  folder, stems, damaged = image_folder(tmp_path)
+  out = tmp_path / "styled"
+  code = cli.main(["stylize", "--checkpoint", wd, folder, str(out)])
+  assert_folder_run(code, capsys.readouterr().err, out, stems, damaged, ".png", "stylize")
+  for s in stems:
+    assert Image.open(out / f"{s}.png").size == Image.open(os.path.join(folder, f"{s}.png")).size

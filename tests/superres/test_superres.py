@@ -252,3 +252,21 @@ def test_upscale_command_tiled_equals_untiled(tmp_path):
   assert cli.main(["upscale", "--checkpoint", wd, str(tmp_path / "missing.png"),
                    str(tmp_path / "y.png")]) == 1
   assert not os.path.exists(tmp_path / "y.png")
+
+
+def test_upscale_a_folder(tmp_path, capsys):
+  """upscale DIR OUT_DIR: each good image x2 into OUT_DIR (made), the damaged one named."""
+  from jaxvision import cli
+  from tests.conftest import assert_folder_run, image_folder
+  model = registry.create_model("edsr_baseline", scale=2, n_resblocks=1, n_feats=4)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  wd = str(tmp_path / "wd")
+  weights.save_workdir(wd, variables, task="super_resolution", model_name="edsr_baseline",
+                       model_kwargs={"scale": 2, "n_resblocks": 1, "n_feats": 4})
+  folder, stems, damaged = image_folder(tmp_path)
+  out = tmp_path / "big"
+  code = cli.main(["upscale", "--checkpoint", wd, folder, str(out)])
+  assert_folder_run(code, capsys.readouterr().err, out, stems, damaged, ".png", "upscale")
+  for s in stems:
+    w, h = Image.open(os.path.join(folder, f"{s}.png")).size
+    assert Image.open(out / f"{s}.png").size == (2 * w, 2 * h)

@@ -1,0 +1,177 @@
+"""What the commands take: image files or folders of them, with one policy for many inputs.
+
+  image_files(paths)                   a folder stands for the image files inside it
+  any_folder(paths)                    whether the many-inputs policy applies
+  check_output_folder(out, folder, ext)  a folder input needs a folder output
+  folder_outputs(inputs, folder, ext)  OUT/<stem><ext> for each input, refusing clashes
+  make_folder(path)                    the output folder, once the model has loaded
+  for_each(items, fn, command=...)     the loop: a progress bar, one line per failure
+  progress(total)                      the bar alone, for a loop of another shape
+  say(line)                            a result line on stdout that keeps the bar intact
+
+Why one module: `enhance`, `compress`, `decompress`, `upscale`, `stylize`, `classify` and
+`detect-faces` all run over a user's folder of photos the same way. A folder is not read
+recursively (a photo library's subfolders are often other collections; give them as
+further arguments where a command takes many). Hidden files and files of other
+extensions (a sidecar .xmp, a .json) are skipped. The error policy for many inputs: a
+file that cannot be read gets one line naming it on stderr, the others are still done
+and written (atomically: never a half-written output), and the command ends with exit
+status 1 and a summary ("2 of 21 inputs failed"), so a script sees the failure and a
+user keeps the 19 good results. One file given as a file keeps the single-file
+behaviour: its error is the command's one error line, exactly as before folders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+from jaxvision.core.errors import DataError, UserError, first_line
+from jaxvision.core.io import IMAGE_EXTENSIONS
+
+# A progress bar for more inputs than this (a handful of lines needs none).
+PROGRESS_MIN = 3
+
+
+def image_files(paths: Iterable[str], extensions: Iterable[str] = IMAGE_EXTENSIONS
+                ) -> list[str]:
+  """The inputs named by `paths`: a folder becomes its files with one of `extensions`
+  (case-insensitive, sorted by name, not recursive, hidden files skipped); a file (or a
+  missing path: its own error comes when it is read) stays as given. A path given twice
+  is read once. A folder without such files is a `DataError`: an empty run is a mistake."""
+  exts = {e.lower() for e in extensions}
+  out: list[str] = []
+  for p in paths:
+    if os.path.isdir(p):
+      try:
+        names = os.listdir(p)
+      except OSError as e:
+        raise DataError(f"{p}: cannot list the folder ({e.strerror or e})") from None
+      found = sorted(os.path.join(p, f) for f in names
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts
+                     and os.path.isfile(os.path.join(p, f)))
+      if not found:
+        raise DataError(f"{p}: no files of the kinds read here ({', '.join(sorted(exts))})")
+      out.extend(found)
+    else:
+      out.append(p)
+  return list(dict.fromkeys(out))
+
+
+def any_folder(paths: Iterable[str]) -> bool:
+  """Whether some of `paths` is a folder (then the many-inputs policy applies)."""
+  return any(os.path.isdir(p) for p in paths)
+
+
+def check_output_folder(output: str, folder: str, ext: str) -> None:
+  """A folder input `folder` writes one file per input, so `output` must be a folder: one
+  that exists, or a new one in an existing folder (created by `make_folder`). A file, or
+  a new name ending in the command's file extension `ext` (".png") or an image one, is a
+  one-line error: the user meant one output file, so a folder input is likely a mistake."""
+  if os.path.isdir(output):
+    return
+  suffix = os.path.splitext(output)[1].lower()
+  if os.path.exists(output) or suffix == ext.lower() or suffix in IMAGE_EXTENSIONS:
+    raise UserError(f"{output}: the input {folder} is a folder, so the output must be a "
+                    "folder too")
+  parent = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(parent):  # a typo in a folder name is an error, not a new tree
+    raise DataError(f"{output}: output folder {parent} does not exist")
+
+
+def folder_outputs(inputs: Sequence[str], folder: str, ext: str) -> list[str]:
+  """`folder/<input's base name without extension><ext>` for each input.
+
+  Refuses, before anything runs, two inputs that would write the same file (a.png and
+  a.jpg -> a.png: one result would silently replace the other) and an output that is
+  one of the inputs (enhancing a folder of PNGs into itself would replace the photos)."""
+  outs = [os.path.join(folder, os.path.splitext(os.path.basename(p))[0] + ext)
+          for p in inputs]
+  seen: dict[str, str] = {}
+  for p, o in zip(inputs, outs):
+    key = os.path.normcase(os.path.abspath(o))
+    if key in seen:
+      raise UserError(f"{seen[key]} and {p} would both be written to {o}; rename one")
+    seen[key] = p
+  sources = {os.path.normcase(os.path.realpath(p)) for p in inputs}
+  for p, o in zip(inputs, outs):
+    if os.path.normcase(os.path.realpath(o)) in sources:
+      raise UserError(f"{o}: would overwrite an input; choose another output folder")
+  return outs
+
+
+def make_folder(path: str) -> None:
+  """Creates the output folder (its parent exists: `check_output_folder` said so)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise DataError(f"{path}: cannot create the output folder ({e.strerror or e})") from None
+
+
+def say(line: str) -> None:
+  """Prints a result line on stdout; an active progress bar (stderr) is redrawn below it."""
+  from tqdm import tqdm
+  tqdm.write(line, file=sys.stdout)
+
+
+def _label(item: Any) -> str:
+  return str(item[0] if isinstance(item, tuple) else item)
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What `for_each` did: the results of the inputs that worked, the labels of those that
+  failed, and how many there were."""
+  results: dict = dataclasses.field(default_factory=dict)
+  failed: list = dataclasses.field(default_factory=list)
+  total: int = 0
+
+  def raise_if_failed(self) -> None:
+    """The summary as the command's one error (exit status 1), after all else is done."""
+    if self.failed:
+      raise UserError(f"{len(self.failed)} of {self.total} inputs failed")
+
+
+def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict: bool = False,
+             label: Callable[[Any], str] = _label) -> Outcome:
+  """Runs `fn(item)` for each item; `Outcome.results` maps the label to fn's result.
+
+  A `UserError` (an unreadable image, a damaged .jvc, ...) or `OSError` from one item is
+  one line on stderr, "jaxvision COMMAND: error: PATH: why", and the loop goes on; the
+  caller ends with `raise_if_failed()`. With `strict` (one input given as a file) the
+  error propagates unchanged: the single-file commands behave as they always did.
+  Anything else is a bug and stops the loop with its traceback.
+
+  More than PROGRESS_MIN items get a tqdm bar on stderr (only on a terminal: tqdm turns it
+  off for pipes and files, so logs hold no bar debris).
+  """
+  from tqdm import tqdm
+
+  out = Outcome(total=len(items))
+  with progress(len(items)) as bar:
+    for item in items:
+      name = label(item)
+      try:
+        out.results[name] = fn(item)
+      except (UserError, OSError) as e:
+        if strict:
+          raise
+        if isinstance(e, OSError) and not isinstance(e, UserError):
+          why = f"{e.filename or name}: {e.strerror or first_line(e, 1000)}"
+        else:
+          why = first_line(e, 1000)
+        if not why.startswith(name):  # every line starts with the file it is about
+          why = f"{name}: {why}"
+        out.failed.append(name)
+        tqdm.write(f"jaxvision {command}: error: {why}", file=sys.stderr)
+      bar.update()
+  return out
+
+
+def progress(total: int, unit: str = "file"):
+  """A tqdm bar on stderr for `total` steps, drawn for more than PROGRESS_MIN of them and
+  only on a terminal (tqdm's disable=None: pipes and log files get no bar debris)."""
+  from tqdm import tqdm
+  return tqdm(total=total, file=sys.stderr, unit=unit, leave=False, dynamic_ncols=True,
+              disable=True if total <= PROGRESS_MIN else None)

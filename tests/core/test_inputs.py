@@ -1,0 +1,95 @@
+"""Folders as command inputs: which files, which outputs, and the many-inputs error policy."""
+import os
+
+import pytest
+
+from jaxvision.core import inputs
+from jaxvision.core.errors import DataError, UserError
+from tests.conftest import image_folder
+
+
+def test_image_files_sorted_not_recursive_hidden_and_others_skipped(tmp_path):
+  folder, stems, damaged = image_folder(tmp_path)
+  os.makedirs(os.path.join(folder, "sub"))
+  open(os.path.join(folder, "sub", "deep.png"), "w").close()
+  open(os.path.join(folder, ".hidden.png"), "w").close()
+  open(os.path.join(folder, "UPPER.JPG"), "w").close()
+  got = inputs.image_files([folder])
+  assert got == [os.path.join(folder, f) for f in
+                 ("UPPER.JPG", "a.png", "b.png", "bad.png", "c.png")]
+  # files stay as given (missing ones too: their error comes when read), in order, once
+  other = str(tmp_path / "x.png")
+  assert inputs.image_files([other, folder, other])[:2] == [other, got[0]]
+  assert len(inputs.image_files([other, folder, other])) == 1 + len(got)
+  assert inputs.image_files([folder], {".txt"}) == [os.path.join(folder, "notes.txt")]
+
+
+def test_empty_folder_is_an_error(tmp_path):
+  (tmp_path / "readme.md").write_text("")
+  with pytest.raises(DataError, match="no files of the kinds read here"):
+    inputs.image_files([str(tmp_path)])
+
+
+def test_folder_outputs_and_clashes(tmp_path):
+  ins = [str(tmp_path / "in" / n) for n in ("a.png", "b.jpg")]
+  assert inputs.folder_outputs(ins, str(tmp_path / "out"), ".png") == [
+      str(tmp_path / "out" / "a.png"), str(tmp_path / "out" / "b.png")]
+  with pytest.raises(UserError, match="would both be written to"):
+    inputs.folder_outputs(ins + [str(tmp_path / "in" / "a.jpg")], str(tmp_path / "out"), ".png")
+  os.makedirs(tmp_path / "in")
+  for p in ins:
+    open(p, "w").close()
+  with pytest.raises(UserError, match="would overwrite an input"):
+    inputs.folder_outputs(ins, str(tmp_path / "in"), ".png")
+  assert inputs.folder_outputs(ins, str(tmp_path / "in"), ".jvc")[0].endswith("a.jvc")
+
+
+def test_output_of_a_folder_must_be_a_folder(tmp_path):
+  (tmp_path / "file.png").write_text("")
+  for bad in ("file.png", "new.png", "new.jpg"):
+    with pytest.raises(UserError, match="must be a folder too"):
+      inputs.check_output_folder(str(tmp_path / bad), "photos", ".png")
+  with pytest.raises(DataError, match="does not exist"):
+    inputs.check_output_folder(str(tmp_path / "missing" / "out"), "photos", ".png")
+  inputs.check_output_folder(str(tmp_path), "photos", ".png")  # exists
+  inputs.check_output_folder(str(tmp_path / "new"), "photos", ".png")  # to be made
+  assert not os.path.exists(tmp_path / "new")  # made only by make_folder
+  inputs.make_folder(str(tmp_path / "new"))
+  assert os.path.isdir(tmp_path / "new")
+
+
+def test_for_each_reports_each_failure_once_and_goes_on(capsys):
+  def fn(x):
+    if x == "b":
+      raise DataError("b: not a readable image (truncated)")
+    if x == "c":
+      raise PermissionError(13, "Permission denied", "c")
+    if x == "d":
+      raise UserError("the optimisation diverged")  # names no file: the label is added
+    return x.upper()
+
+  out = inputs.for_each(["a", "b", "c", "d", "e"], fn, command="enhance")
+  assert out.results == {"a": "A", "e": "E"} and out.failed == ["b", "c", "d"]
+  assert capsys.readouterr().err.splitlines() == [
+      "jaxvision enhance: error: b: not a readable image (truncated)",
+      "jaxvision enhance: error: c: Permission denied",
+      "jaxvision enhance: error: d: the optimisation diverged"]
+  with pytest.raises(UserError, match="^3 of 5 inputs failed$"):
+    out.raise_if_failed()
+  inputs.for_each(["a"], fn, command="x").raise_if_failed()  # nothing failed: no error
+  with pytest.raises(DataError, match="truncated"):  # strict: the error itself, unchanged
+    inputs.for_each(["b"], fn, command="x", strict=True)
+  assert capsys.readouterr().err == ""
+
+
+def test_for_each_does_not_swallow_bugs():
+  with pytest.raises(ZeroDivisionError):
+    inputs.for_each([1, 2], lambda x: 1 / 0, command="x")
+
+
+def test_tuple_items_are_labelled_by_their_input(capsys):
+  def fn(job):
+    raise DataError(f"{job[0]}: bad")
+  out = inputs.for_each([("in/a.png", "out/a.png")], fn, command="upscale")
+  assert out.failed == ["in/a.png"]
+  assert capsys.readouterr().err.strip() == "jaxvision upscale: error: in/a.png: bad"

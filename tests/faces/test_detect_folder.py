@@ -1,0 +1,56 @@
+"""`jaxvision detect-faces` with folders among its inputs: the command's side (which files,
+the JSON, the drawings, the error policy) with a stand-in detector, so no cascade compiles
+(the real cascade through the command is tests/faces/test_faces.py's CLI test)."""
+import json
+import os
+import types
+
+from jaxvision import cli
+from jaxvision.faces import detector
+from tests.conftest import image_folder
+
+FACE = {"box": [1.0, 2.0, 9.0, 12.0], "score": 0.9, "landmarks": [[3.0, 4.0]] * 5}
+
+
+class _Detector:
+  """Finds one face in every image (as MTCNN's detector: a list of images in)."""
+  config = types.SimpleNamespace(kind="mtcnn")
+
+  def __init__(self):
+    self.seen = []
+
+  def detect(self, images):
+    self.seen.extend(im.shape for im in images)
+    return [[dict(FACE)] for _ in images]
+
+
+def test_folders_and_files_with_a_damaged_one(tmp_path, monkeypatch, capsys):
+  det = _Detector()
+  monkeypatch.setattr(detector, "mtcnn_detector", lambda *a, **k: det)
+  folder, stems, damaged = image_folder(tmp_path, grey=True)
+  extra = os.path.join(folder, "a.png")  # also given as a file: read once
+  out, drawn = tmp_path / "faces.json", tmp_path / "drawn"
+  code = cli.main(["detect-faces", folder, extra, "--json", str(out), "--draw", str(drawn)])
+  cap = capsys.readouterr()
+  err = cap.err.strip().splitlines()
+  assert code == 1 and len(err) == 2, cap.err
+  assert err[0].startswith(f"jaxvision detect-faces: error: {damaged}: not a readable image")
+  assert err[1] == "jaxvision detect-faces: error: 1 of 4 inputs failed"
+  res = json.loads(out.read_text())  # the format as before: {path: [faces]}, good ones only
+  assert list(res) == [os.path.join(folder, f"{s}.png") for s in stems]
+  assert all(v == [FACE] for v in res.values())
+  assert sorted(os.listdir(drawn)) == [f"{s}.png" for s in stems]
+  assert len(det.seen) == 3 and all(s[-1] == 3 for s in det.seen)  # grey a.png as RGB
+  assert "3 image(s), 3 face(s)" in cap.out
+
+
+def test_all_inputs_unreadable_writes_no_json(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(detector, "mtcnn_detector", lambda *a, **k: _Detector())
+  bad = [tmp_path / "x.png", tmp_path / "y.png"]
+  for p in bad:
+    p.write_bytes(b"\x89PNG broken")
+  out = tmp_path / "faces.json"
+  assert cli.main(["detect-faces", *map(str, bad), "--json", str(out)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 3 and err[-1] == "jaxvision detect-faces: error: 2 of 2 inputs failed"
+  assert not out.exists()

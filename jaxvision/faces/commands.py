@@ -21,6 +21,8 @@ def detect_faces_cmd(args) -> None:
   from jaxvision.core import inputs, io
   from jaxvision.faces import detector
 
+  if args.batch < 1:
+    raise UserError(f"--batch {args.batch}: must be at least 1")
   if not args.json.lower().endswith(".json"):
     raise UserError(f"{args.json}: --json must name a .json file")
   out_dir = os.path.dirname(os.path.abspath(args.json))
@@ -59,10 +61,12 @@ def detect_faces_cmd(args) -> None:
     # Any sizes in one batch (MTCNN runs in stages whose programs depend on size buckets,
     # not on the image size); images of similar size together waste the least padding.
     paths = sorted(images, key=lambda p: images[p].shape[0] * images[p].shape[1])
-    for i in range(0, len(paths), args.batch):
-      chunk = paths[i:i + args.batch]
-      for p, faces in zip(chunk, det.detect([images[p] for p in chunk])):
-        result[p] = faces
+    with inputs.progress(len(paths), unit="image") as bar:
+      for i in range(0, len(paths), args.batch):
+        chunk = paths[i:i + args.batch]
+        for p, faces in zip(chunk, det.detect([images[p] for p in chunk])):
+          result[p] = faces
+        bar.update(len(chunk))
   else:  # Cascade CNN: one program per image size, a batch per size
     by_size: dict[tuple, list[str]] = {}
     for p, im in images.items():
@@ -113,5 +117,6 @@ def add_commands(sub) -> None:
   p.add_argument("--weights", default="auto",
                  help="MTCNN weights: auto (default), mtcnn, facenet-pytorch, or a folder/file "
                  "of .pt/.npz/.safetensors")
-  p.add_argument("--batch", type=int, default=8, help="images of one size run together (default 8)")
+  p.add_argument("--batch", type=int, default=8,
+                 help="images run together (default 8; MTCNN: any sizes, Cascade CNN: one size)")
   p.set_defaults(func=detect_faces_cmd)

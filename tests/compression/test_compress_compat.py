@@ -80,7 +80,8 @@ def test_pre_move_file_decodes_to_the_same_pixels(tmp_path, fixture, capsys):
   assert header.tables_crc == T.tables_crc(T.update(model, variables))
 
   out = tmp_path / "out.png"
-  commands.decompress(argparse.Namespace(checkpoint=str(work), input=jvc, output=str(out)))
+  commands.decompress(argparse.Namespace(command="decompress", checkpoint=str(work), input=jvc,
+                                         output=str(out)))
   got = np.asarray(Image.open(out))
   want = np.asarray(Image.open(os.path.join(DATA, f"{fixture}.png")))
   assert got.shape == want.shape == ((H, W) if grey else (H, W, 3))
@@ -96,6 +97,7 @@ def test_pre_move_file_decodes_to_the_same_pixels(tmp_path, fixture, capsys):
   else:
     Image.fromarray(image).save(src)
   new = tmp_path / "new.jvc"
-  commands.compress(argparse.Namespace(checkpoint=str(work), input=str(src), output=str(new)))
+  commands.compress(argparse.Namespace(command="compress", checkpoint=str(work), input=str(src),
+                                       output=str(new)))
   assert new.read_bytes() == old_bytes
   assert f"{len(old_bytes)} bytes" in capsys.readouterr().out

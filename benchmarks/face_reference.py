@@ -1,6 +1,6 @@
 """Development only: run a reference MTCNN on real photos and write its detections.
 
-    /work/refvenv/bin/python benchmarks/face_reference.py \
+    .venv-peers/bin/python benchmarks/face_reference.py \
         --out tests/faces/data/mtcnn_reference.json
 
 The reference is facenet-pytorch's `detect_face` (a port of davidsandberg/facenet's
@@ -44,8 +44,11 @@ def photos(data_dir: str | None = None) -> dict[str, np.ndarray]:
 
 
 def _shim_torchvision():
-  """Just enough torchvision for facenet_pytorch.models.utils.detect_face."""
+  """Just enough torchvision for facenet_pytorch.models.utils.detect_face, when none is
+  installed (the peer venv of benchmarks/peers/setup.sh has a stand-in package; it wins)."""
   import torch
+  if importlib.util.find_spec("torchvision") is not None:
+    return
 
   def nms(boxes, scores, thr):
     order = torch.sort(scores, descending=True, stable=True).indices

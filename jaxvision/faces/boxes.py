@@ -6,8 +6,10 @@ Detection (`jaxvision.faces.detector`, one jitted function, jnp) and sample mini
 sees at mining time the windows and crops it sees at detection time. A function written for
 both computes with the array module of its inputs (`array_module`): numpy in, numpy out,
 with the same float32 (or integer) operations in the same order. Windows, crops and squares
-come out bit for bit the same in numpy and in the compiled detector (the two divisions that
-XLA turns into multiplications by a reciprocal are written that way here); regression and
+come out bit for bit the same in numpy and in the compiled detector (the area mean, which
+XLA turns into a multiplication by a reciprocal, is written that way here; the windows'
+quotients, which the reference rounds correctly and XLA does not, are tabulated by numpy
+and gathered, `window_spans`); regression and
 overlaps may differ in the last bit (compiled code fuses a multiply-add into one rounding),
 and the calibration's pattern average is a matrix product (summed in the library's order).
 `nms` (a lax.while_loop) and `crop_and_resize` are jnp only; `crop_resize` (the
@@ -52,19 +54,42 @@ def out_cells(n: int, kind: str) -> int:
   return -(-(n - 5) // 2) - 3  # cascade 12-net: conv3, pool 3/2 (ceil), conv5
 
 
-def cell_windows(idx, cols: int, scale: float, window: int = 12):
+def window_spans(n: int, scale: float, window: int = 12) -> np.ndarray:
+  """(n, 2) float32 numpy: along one axis, the first stage's window of output cells 0..n-1
+  at pyramid `scale`, in input pixels: floor((2 i + 1) / scale), floor((2 i + window) /
+  scale), each a correctly rounded float32 quotient, as the reference (torch) divides.
+
+  Tabulated here with numpy's IEEE division and gathered by the compiled detector because
+  XLA's float32 division is not correctly rounded (XLA:CPU computes x * (1 / scale), also for
+  a divisor that is not a constant), and the quotient is often an integer: at the first level
+  (scale 12 / min_face = 0.6) (2 i + 1) / 0.6 is one for every third cell, where the product
+  rounds up to it and the true quotient down (i = 37: 75 * (1 / 0.6) -> 125, 75 / 0.6 ->
+  124.99999). That level holds the 20-28 px faces: a window 1 px off changes which
+  candidate wins each later NMS (issue: small faces at IoU 0.84-0.95)."""
+  t = np.arange(n, dtype=np.float32)
+  s = np.float32(scale)
+  return np.stack([np.floor((2 * t + 1) / s), np.floor((2 * t + window) / s)],
+                  axis=1).astype(np.float32)
+
+
+def cell_windows(idx, cols: int, scale: float, window: int = 12, rows: int | None = None):
   """Windows (K, 4) in input pixels of the first stage's output cells `idx` (flat, row-major
-  over a level `cols` cells wide) at pyramid `scale`: the cell at (row, col) covers
-  floor((2 col + 1) / scale) .. floor((2 col + window) / scale), and likewise in y."""
+  over a level `cols` cells wide and `rows` high) at pyramid `scale`: the cell at (row, col)
+  covers floor((2 col + 1) / scale) .. floor((2 col + window) / scale), and likewise in y,
+  the quotients rounded as the reference rounds them (`window_spans`). With jax arrays
+  `rows` is needed (the table's length); numpy divides directly."""
   xp = array_module(idx)
-  yy, xx = (idx // cols).astype(xp.float32), (idx % cols).astype(xp.float32)
-  # x / scale as x * (1 / scale): what XLA compiles a division by a constant into, written
-  # out so that numpy computes the same float32 numbers (a quotient that lands within an
-  # ulp of an integer floors differently otherwise).
-  inv = xp.float32(1.0) / xp.float32(scale)
-  return xp.stack([xp.floor((2 * xx + 1) * inv), xp.floor((2 * yy + 1) * inv),
-                   xp.floor((2 * xx + window) * inv), xp.floor((2 * yy + window) * inv)],
-                  axis=1)
+  yy, xx = idx // cols, idx % cols
+  if xp is np:
+    s = np.float32(scale)
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
+    return np.stack([np.floor((2 * xx + 1) / s), np.floor((2 * yy + 1) / s),
+                     np.floor((2 * xx + window) / s), np.floor((2 * yy + window) / s)],
+                    axis=1).astype(np.float32)
+  if rows is None:
+    raise ValueError("cell_windows of jax arrays needs rows= (the level's height in cells)")
+  span = jnp.asarray(window_spans(max(rows, cols), scale, window))
+  return jnp.stack([span[xx, 0], span[yy, 0], span[xx, 1], span[yy, 1]], axis=1)
 
 
 def pyramid_windows(h: int, w: int, min_face: float = 20.0, factor: float = 0.709,
@@ -75,7 +100,8 @@ def pyramid_windows(h: int, w: int, min_face: float = 20.0, factor: float = 0.70
   out = [np.zeros((0, 4), np.float32)]
   for scale, hs, ws in pyramid_scales(h, w, min_face, factor):
     rows, cols = out_cells(hs, kind), out_cells(ws, kind)
-    out.append(cell_windows(np.arange(rows * cols, dtype=np.int32), cols, scale, window))
+    out.append(cell_windows(np.arange(rows * cols, dtype=np.int32), cols, scale, window,
+                            rows))
   return np.concatenate(out).astype(np.float32)
 
 

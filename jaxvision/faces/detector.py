@@ -34,7 +34,7 @@ from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
 from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, cell_windows,
                                    crop_regions, integral_image, nms, out_cells, pack_levels,
-                                   packed_width, pyramid_scales, rerec)
+                                   packed_width, pyramid_scales, rerec, window_spans)
 from jaxvision.faces.convert import load_mtcnn_weights
 from jaxvision.faces.models import ONet, PNet, RNet, normalize
 
@@ -55,9 +55,13 @@ class DetectorConfig:
   thresholds: tuple = (0.6, 0.7, 0.7)
   nms: tuple = (0.5, 0.7, 0.7, 0.7)
   calibration_threshold: float = 0.1        # Cascade CNN: patterns averaged above this
+  # facenet-pytorch keeps every candidate: a busy 1280x720 photo has ~2300 P-Net candidates
+  # (986 at the first level), ~1300 after the per-level NMS, and R-Net sees all of them.
+  # Buffers below that drop candidates whose R-Net/O-Net boxes would have won (a 182 px face
+  # at IoU 0.86, a 27 px one lost, with proposals 512 and stage2 256).
   per_scale: int = 256                      # stage-1 candidates kept per scale (before NMS)
-  proposals: int = 512                      # stage-1 candidates across scales (before NMS)
-  stage2: int = 256                         # crops given to R-Net / 24-net
+  proposals: int = 2048                     # stage-1 candidates across scales (before NMS)
+  stage2: int = 2048                        # crops given to R-Net / 24-net
   stage3: int = 64                          # crops given to O-Net / 48-net (= max faces)
 
 
@@ -105,7 +109,7 @@ def _stage1(apply, sat, h, w, cfg: DetectorConfig, window: int = 12):
     hh, ww = out_cells(hs, kind), out_cells(ws, kind)
     p = jax.lax.dynamic_slice(prob, (oy // 2, ox // 2), (hh, ww)).reshape(-1)
     idx, ok = _top(p, p >= cfg.thresholds[0], k1)
-    boxes = cell_windows(idx, ww, scale, window)
+    boxes = cell_windows(idx, ww, scale, window, rows=hh)
     if reg is not None:
       r = jax.lax.dynamic_slice(reg, (oy // 2, ox // 2, 0), (hh, ww, 4)).reshape(-1, 4)[idx]
     else:
@@ -166,8 +170,9 @@ class _Prepared:
   sat: np.ndarray                 # (h+1, w+1, 3) int64
   canvas: np.ndarray | None       # (Hc, Wc, 3) float32, normalised; None: no level
   mask: np.ndarray | None         # (Hc-2, Wc-2) bool: conv1 cells of some level
-  levels: np.ndarray | None       # (MAX_LEVELS, 4) float32: oy/2, ox/2, 1/scale, valid
+  levels: np.ndarray | None       # (MAX_LEVELS, 4) float32: oy/2, ox/2, scale, valid
   cells: np.ndarray | None        # (Hp, Wp) int32: level of each output cell, -1 none
+  spans: np.ndarray | None = None  # (MAX_LEVELS, max(Hp, Wp), 2) float32: `window_spans`
 
 
 def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
@@ -175,7 +180,7 @@ def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
   sat = integral_image(image)
   levels = pyramid_scales(h, w, cfg.min_face, cfg.factor)
   if not levels:
-    return _Prepared(h, w, sat, None, None, None, None)
+    return _Prepared(h, w, sat, None, None, None, None, None)
   if len(levels) > MAX_LEVELS:
     raise DataError(f"image of {w}x{h} pixels has {len(levels)} pyramid levels at "
                     f"min_face {cfg.min_face}; at most {MAX_LEVELS} are supported")
@@ -187,6 +192,7 @@ def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
   hp, wp = out_cells(hc, cfg.kind), out_cells(width, cfg.kind)
   cells = np.full((hp, wp), -1, np.int32)
   table = np.zeros((MAX_LEVELS, 4), np.float32)
+  spans = np.zeros((MAX_LEVELS, max(hp, wp), 2), np.float32)
   whole = np.array([[0, h, 0, w]], np.int32)
   for i, ((scale, hs, ws), (oy, ox)) in enumerate(zip(levels, offsets)):
     canvas[oy:oy + hs, ox:ox + ws] = normalize(area_crops(sat, whole, (hs, ws))[0])
@@ -194,30 +200,31 @@ def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
     rows, cols = out_cells(hs, cfg.kind), out_cells(ws, cfg.kind)
     if rows > 0 and cols > 0:
       cells[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols] = i
-    # 1 / scale as `boxes.cell_windows` computes it (float32 division of float32s)
-    table[i] = (oy // 2, ox // 2, np.float32(1.0) / np.float32(scale), 1.0)
-  return _Prepared(h, w, sat, canvas, mask, table, cells)
+      # the windows of this level's rows and columns, rounded as the reference rounds them
+      spans[i, :max(rows, cols)] = window_spans(max(rows, cols), scale)
+    table[i] = (oy // 2, ox // 2, scale, 1.0)
+  return _Prepared(h, w, sat, canvas, mask, table, cells, spans)
 
 
-def _mtcnn_stage1(pnet, pvars, canvas, mask, cells, table, cfg: DetectorConfig, k_out: int):
+def _mtcnn_stage1(pnet, pvars, canvas, mask, cells, table, spans, cfg: DetectorConfig,
+                  k_out: int):
   """P-Net over a batch of packed canvases -> squared candidates (B, k_out, 4), scores, ok."""
   out = pnet.apply(pvars, canvas, pool_mask=mask)
   prob, reg = _prob(out["logits"]), out["box"]
   n_levels = table.shape[1]
   k1 = min(cfg.per_scale * n_levels, prob.shape[1] * prob.shape[2])
 
-  def one(prob, reg, cells, table):
+  def one(prob, reg, cells, table, spans):
     wp = prob.shape[1]
     flat = prob.reshape(-1)
     lev = cells.reshape(-1)
     idx, ok = _top(flat, (lev >= 0) & (flat >= cfg.thresholds[0]), k1)
     lv = jnp.maximum(lev[idx], 0)
-    t = table[lv]
-    xx = (idx % wp).astype(jnp.float32) - t[:, 1]
-    yy = (idx // wp).astype(jnp.float32) - t[:, 0]
-    inv = t[:, 2]
-    boxes = jnp.stack([jnp.floor((2 * xx + 1) * inv), jnp.floor((2 * yy + 1) * inv),
-                       jnp.floor((2 * xx + 12) * inv), jnp.floor((2 * yy + 12) * inv)], axis=1)
+    t = table[lv].astype(jnp.int32)
+    xx = jnp.maximum(idx % wp - t[:, 1], 0)   # cell within its level (invalid slots: 0)
+    yy = jnp.maximum(idx // wp - t[:, 0], 0)
+    sx, sy = spans[lv, xx], spans[lv, yy]     # (K, 2): window start, end
+    boxes = jnp.stack([sx[:, 0], sy[:, 0], sx[:, 1], sy[:, 1]], axis=1)
     sc, r = flat[idx], reg.reshape(-1, 4)[idx]
     # NMS within each level: one loop per level, vmapped (its trip count is the most
     # survivors of one level, not of all of them)
@@ -230,7 +237,7 @@ def _mtcnn_stage1(pnet, pvars, canvas, mask, cells, table, cfg: DetectorConfig, 
     ok, sc, boxes = _compact(k_out, sc, keep, boxes)
     return boxes, sc, ok
 
-  return jax.vmap(one)(prob, reg, cells, table)
+  return jax.vmap(one)(prob, reg, cells, table, spans)
 
 
 def _mtcnn_refine(net, variables, crops, boxes, image, valid, threshold, nms_threshold,
@@ -387,10 +394,13 @@ class FaceDetector:
     n_levels = max(int(prep[i].levels[:, 3].sum()) for i in members)
     n_levels = -(-n_levels // 4) * 4   # a few level counts: few programs
     table = np.zeros((nb, n_levels, 4), np.float32)
+    spans = np.zeros((nb, n_levels) + prep[members[0]].spans.shape[1:], np.float32)
     for j, i in enumerate(members):
       p = prep[i]
       canvas[j], mask[j], cells[j], table[j] = p.canvas, p.mask, p.cells, p.levels[:n_levels]
-    b1, s1, ok1 = (np.asarray(t) for t in fn(self.variables["pnet"], canvas, mask, cells, table))
+      spans[j] = p.spans[:n_levels]
+    b1, s1, ok1 = (np.asarray(t) for t in fn(self.variables["pnet"], canvas, mask, cells, table,
+                                                 spans))
     return {i: (b1[j][ok1[j]], s1[j][ok1[j]], np.zeros((int(ok1[j].sum()), 5, 2), np.float32))
             for j, i in enumerate(members)}
 

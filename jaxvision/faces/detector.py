@@ -144,13 +144,12 @@ def _compact(k, scores, valid, *arrays):
 # A folder of photos of N sizes compiles a handful of programs, not N cascades, and the
 # persistent compilation cache (jaxvision.core.compile) keeps them between runs. The
 # host does what depends on the image size: two small transfers between stages.
-# About x1.25 apart: a canvas wastes at most a quarter of a side on padding, and a folder of
-# mixed sizes still lands on a few sizes.
-CANVAS_SIDES = (64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280,
-                1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240,
-                12288, 14336, 16384)
-BATCH_BUCKETS = (1, 2, 4, 8)
-MAX_BATCH = BATCH_BUCKETS[-1]
+# x1.5 and x2 apart: a folder of 24 photos of 21 sizes lands on 14 canvases (a x1.25
+# ladder: 20, with 15% less padding; powers of two: 9, with 27% more), and each canvas
+# is one P-Net program.
+CANVAS_SIDES = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
+                8192, 12288, 16384)
+MAX_BATCH = 8  # images whose crops R-Net and O-Net see together (their NMS: per image)
 CROP_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 MAX_LEVELS = 24  # level-table slots; a 16384-pixel image has 21 levels at min_face 12
 
@@ -366,14 +365,11 @@ class FaceDetector:
     live = [i for i, p in enumerate(prep) if p.canvas is not None]
     if not live:
       return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
-    # Stage 1: one program per (batch bucket, canvas size); images grouped by canvas size.
-    groups: dict[tuple, list[int]] = {}
-    for i in live:
-      groups.setdefault(prep[i].canvas.shape[:2], []).append(i)
+    # Stage 1: one image at a time, one program per canvas size (a batch dimension would
+    # multiply the programs by the batch sizes and save nothing on a CPU).
     cand = {}
-    for (hc, wc), members in groups.items():
-      for k in range(0, len(members), MAX_BATCH):
-        cand.update(self._first(run["pnet"], prep, members[k:k + MAX_BATCH], hc, wc))
+    for i in live:
+      cand.update(self._first(run["pnet"], prep, [i], *prep[i].canvas.shape[:2]))
     for stage, size in (("rnet", 24), ("onet", 48)):
       if stage not in self.variables:
         break
@@ -387,12 +383,12 @@ class FaceDetector:
   def _first(self, fn, prep, members, hc: int, wc: int):
     """P-Net over the images `members`, whose canvases are all hc x wc."""
     cfg = self.config
-    nb = _bucket(len(members), BATCH_BUCKETS)
+    nb = len(members)
     canvas = np.zeros((nb, hc, wc, 3), np.float32)
     mask = np.zeros((nb, hc - 2, wc - 2), bool)
     cells = np.full((nb, out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), -1, np.int32)
     n_levels = max(int(prep[i].levels[:, 3].sum()) for i in members)
-    n_levels = -(-n_levels // 4) * 4   # a few level counts: few programs
+    n_levels = 16 if n_levels <= 16 else MAX_LEVELS  # two level counts: no extra programs
     table = np.zeros((nb, n_levels, 4), np.float32)
     spans = np.zeros((nb, n_levels) + prep[members[0]].spans.shape[1:], np.float32)
     for j, i in enumerate(members):

@@ -11,7 +11,7 @@ that cache filled (warm), side by side with its facenet-pytorch peer
 (benchmarks/peers/facenet_detect.py DIR, one process, PIL + MTCNN(keep_all=True).detect
 per image, run twice too), in the same run. DIR is made with benchmarks/make_face_folder.py
 (24 photos, 21 sizes, faces 20-300 px) when it does not exist or is empty. The two JSON
-outputs are compared face by face (benchmarks/face_match.py: IoU >= 0.95, score within
+outputs are compared face by face (tests/faces/face_match.py: IoU >= 0.95, score within
 0.01, landmarks within 2 px). --folder-only skips the per-image latencies below;
 --files passes the folder's files instead of the folder.
 
@@ -209,7 +209,8 @@ def run_folder(args) -> dict:
   cache_files = sum(len(f) for _, _, f in os.walk(cache))
   res["compile_cache_entries"] = cache_files
   if os.path.exists(f"{work}/jv_warm.json") and os.path.exists(f"{work}/fn_2.json"):
-    m = _load("face_match")
+    sys.path.insert(0, ROOT)
+    from tests.faces import face_match as m
     ours, ref = json.load(open(f"{work}/jv_warm.json")), json.load(open(f"{work}/fn_2.json"))
     base = lambda d: {os.path.basename(k): v for k, v in d.items()}
     ours, ref = base(ours), base(ref)

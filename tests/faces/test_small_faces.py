@@ -30,11 +30,9 @@ pytestmark = [
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  """tests/faces/<name>.py (face_folder, face_match: shared with benchmarks/)."""
+  import importlib
+  return importlib.import_module(f"tests.faces.{name}")
 
 
 # (name, background photo, width, height, faces [(lfw index, pasted size, x, y)], grey)
@@ -59,7 +57,7 @@ CASES = [
 def cases(tmp_path_factory):
   """{name: (path, RGB uint8 array)}, written as PNG for the peer."""
   from PIL import Image
-  folder = _load("make_face_folder")
+  folder = _load("face_folder")
   d = tmp_path_factory.mktemp("small_faces")
   out = {}
   for name, src, w, h, faces, grey in CASES:

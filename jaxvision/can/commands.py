@@ -14,24 +14,13 @@ from jaxvision.core.registry import register_commands
 def enhance(args) -> None:
   """One image (--input FILE --output OUT.png), or a folder of them into a folder
   (--input DIR --output OUT_DIR: OUT_DIR/<name>.png each; see `core.inputs`)."""
-  import os
 
   import jax
   import numpy as np
 
   from jaxvision.core import checkpoint, inputs, io, tiling
 
-  folder = os.path.isdir(args.input)
-  if folder:
-    inputs.check_output_folder(args.output, args.input, ".png")
-    sources = inputs.image_files([args.input])
-    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
-  else:
-    if not args.output.lower().endswith(".png"):
-      raise UserError(f"{args.output}: output must be a .png file")
-    if not os.path.exists(args.input):
-      raise UserError(f"{args.input}: no such file")
-    jobs = [(args.input, args.output)]
+  jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png")
   config, model, variables, step = checkpoint.load_model(args.checkpoint, "image_to_image",
                                                          "an image operator")
   if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field

@@ -17,11 +17,9 @@ operator there: tiled inference (`jaxvision.core.tiling.apply_tiled`) is seam-fr
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 from typing import Any, Callable, Iterable, Mapping
 

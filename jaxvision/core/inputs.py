@@ -175,3 +175,19 @@ def progress(total: int, unit: str = "file"):
   from tqdm import tqdm
   return tqdm(total=total, file=sys.stderr, unit=unit, leave=False, dynamic_ncols=True,
               disable=True if total <= PROGRESS_MIN else None)
+
+
+def one_to_one_jobs(input_path: str, output: str, ext: str = ".png",
+                    must_exist: bool = True) -> tuple[list[tuple[str, str]], bool]:
+  """([(input, output)], is_folder) for a command that writes one file per input: a
+  folder in gives its images and a folder out (`check_output_folder`, `folder_outputs`);
+  a file in must be written to a file ending in `ext` (and exist, when `must_exist`)."""
+  if os.path.isdir(input_path):
+    check_output_folder(output, input_path, ext)
+    sources = image_files([input_path])
+    return list(zip(sources, folder_outputs(sources, output, ext))), True
+  if not output.lower().endswith(ext):
+    raise UserError(f"{output}: output must be a {ext} file")
+  if must_exist and not os.path.isfile(input_path):
+    raise UserError(f"{input_path}: no such file")
+  return [(input_path, output)], False

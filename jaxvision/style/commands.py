@@ -35,22 +35,13 @@ def load_generator(workdir: str):
 def stylize(args) -> None:
   """IN OUT.png, or a folder of images into a folder (OUT_DIR/<name>.png each); the
   network (or the style image and descriptor of the optimisation) is loaded once."""
-  import os
 
   import jax.numpy as jnp
   import numpy as np
 
   from jaxvision.core import inputs, io
 
-  folder = os.path.isdir(args.input)
-  if folder:
-    inputs.check_output_folder(args.output, args.input, ".png")
-    sources = inputs.image_files([args.input])
-    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
-  else:
-    if not args.output.lower().endswith(".png"):
-      raise UserError(f"{args.output}: output must be a .png file")
-    jobs = [(args.input, args.output)]
+  jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png", must_exist=False)
   if bool(args.checkpoint) == bool(args.optimize):
     raise UserError("give either --checkpoint WORKDIR (feed-forward) or --optimize --style "
                     "STYLE (Gatys optimisation)")

@@ -8,7 +8,6 @@ jax and the models are imported when a command runs, so that `jaxvision --help` 
 """
 from __future__ import annotations
 
-import os
 import time
 
 from jaxvision.core.errors import UserError, first_line
@@ -30,17 +29,7 @@ def upscale_command(args) -> None:
   from jaxvision.superres.eval import upscale
   from jaxvision.superres.resize import imresize
 
-  folder = os.path.isdir(args.input)
-  if folder:
-    inputs.check_output_folder(args.output, args.input, ".png")
-    sources = inputs.image_files([args.input])
-    jobs = list(zip(sources, inputs.folder_outputs(sources, args.output, ".png")))
-  else:
-    if not args.output.lower().endswith(".png"):
-      raise UserError(f"{args.output}: output must be a .png file")
-    if not os.path.isfile(args.input):
-      raise UserError(f"{args.input}: no such file")
-    jobs = [(args.input, args.output)]
+  jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png")
   if args.tile is not None and args.tile < 1:
     raise UserError(f"--tile {args.tile}: must be a positive number of input pixels")
   config, model, variables, step = _load_sr(args.checkpoint)
@@ -85,7 +74,7 @@ def sr_eval_command(args) -> None:
   name = f"{config.model.name} (step {step})"
   print(f"{args.dataset} [{args.split}] x{model.scale}, {res['model']['images']} images, "
         f"Y channel, {model.scale}-pixel border shaved")
-  print(f"| method | PSNR-Y (dB) | SSIM-Y |\n|---|---|---|")
+  print("| method | PSNR-Y (dB) | SSIM-Y |\n|---|---|---|")
   for label, key in (("bicubic", "bicubic"), (name, "model")):
     print(f"| {label} | {res[key]['psnr_y']:.2f} | {res[key]['ssim_y']:.4f} |")
   if args.json:

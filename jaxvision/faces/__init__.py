@@ -4,7 +4,7 @@
                `cascade-{12,24,48}net`, `cascade-{12,24,48}cal`) and their input convention
   boxes.py     the cascade's geometry, shared by detection (jnp) and mining (numpy): pyramid,
                windows, crops, overlap, NMS, regression, squaring, calibration patterns
-  detector.py  the cascade as one jitted function, `FaceDetector`, drawing
+  detector.py  the cascades (`FaceDetector`: MTCNN nets compiled, geometry on the host), drawing
   convert.py   the original MTCNN weights (`mtcnn` / facenet-pytorch packages or a path), the
                `mtcnn` converter
   data.py      face-box sources: the embedded faces, wider_face-layout TFDS, folder + WIDER

@@ -58,15 +58,13 @@ def detect_faces_cmd(args) -> None:
   t = time.time()
   result: dict[str, list] = {}
   if det.config.kind == "mtcnn":
-    # Any sizes in one batch (MTCNN runs in stages whose programs depend on size buckets,
-    # not on the image size); images of similar size together waste the least padding.
-    paths = sorted(images, key=lambda p: images[p].shape[0] * images[p].shape[1])
+    # Any sizes: MTCNN's programs depend on fixed tile and crop batches, not on the image
+    # size; up to --batch images (one per core) are detected at once.
+    paths = list(images)
     with inputs.progress(len(paths), unit="image") as bar:
-      for i in range(0, len(paths), args.batch):
-        chunk = paths[i:i + args.batch]
-        for p, faces in zip(chunk, det.detect([images[p] for p in chunk])):
-          result[p] = faces
-        bar.update(len(chunk))
+      for p, faces in zip(paths, det.detect_each([images[p] for p in paths], args.batch)):
+        result[p] = faces
+        bar.update(1)
   else:  # Cascade CNN: one program per image size, a batch per size
     by_size: dict[tuple, list[str]] = {}
     for p, im in images.items():
@@ -118,5 +116,6 @@ def add_commands(sub) -> None:
                  help="MTCNN weights: auto (default), mtcnn, facenet-pytorch, or a folder/file "
                  "of .pt/.npz/.safetensors")
   p.add_argument("--batch", type=int, default=8,
-                 help="images run together (default 8; MTCNN: any sizes, Cascade CNN: one size)")
+                 help="images run together (default 8; MTCNN: at most one per CPU core, any "
+                 "sizes; Cascade CNN: a batch of one size)")
   p.set_defaults(func=detect_faces_cmd)

@@ -1,15 +1,17 @@
-"""Face detection with cascades (MTCNN, Cascade CNN), jit-compiled end to end.
+"""Face detection with cascades (MTCNN, Cascade CNN).
 
     >>> from jaxvision.faces import detector
     >>> det = detector.mtcnn_detector()           # the original weights, from `mtcnn`
-    >>> det.detect(batch_uint8)                   # (B, H, W, 3) -> per image: list of faces
+    >>> det.detect(batch_uint8)                   # (B, H, W, 3) or a list of any sizes
     [[{"box": [x1, y1, x2, y2], "score": 0.99, "landmarks": [[x, y] * 5]}], ...]
+    >>> for faces in det.detect_each(photos): ...  # one list per photo, in order
 
-The whole cascade (image pyramid, P-Net per scale, NMS, crops, R-Net, O-Net) is one
-jitted function of a batch of same-size images, compiled once per (batch, height,
-width). Candidates live in fixed-size buffers (top-k + validity masks): no per-box
-Python loop and no host round trip between stages. Buffer sizes (`DetectorConfig`)
-cap the work; beyond them the lowest-scoring candidates are dropped.
+MTCNN: the three nets run compiled on fixed batches (six programs, whatever the image
+sizes); the pyramid, the windows, every NMS and the box arithmetic run on the host in
+numpy, with every candidate kept (section "MTCNN: nets on the device, geometry on the
+host" below). Cascade CNN: the whole cascade (pyramid, 12-net, calibrations, NMS, 24-net,
+48-net) is one jitted function of a batch of same-size images, compiled once per (batch,
+height, width), with candidates in fixed-size buffers (`DetectorConfig`).
 
 Numerics follow facenet-pytorch's `detect_face` (davidsandberg's port of the MATLAB
 original) so the original weights give its detections: 'area' resampling (adaptive
@@ -22,8 +24,10 @@ pixel coordinates. That geometry is `jaxvision.faces.boxes`, which sample mining
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import threading
 from typing import Any
 
 import jax
@@ -33,8 +37,8 @@ import numpy as np
 from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
 from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, cell_windows,
-                                   crop_regions, integral_image, nms, out_cells, pack_levels,
-                                   packed_width, pyramid_scales, rerec, window_spans)
+                                   crop_regions, integral_image, nms, out_cells, overlap,
+                                   pack_levels, pyramid_scales, rerec)
 from jaxvision.faces.convert import load_mtcnn_weights
 from jaxvision.faces.models import ONet, PNet, RNet, normalize
 
@@ -50,6 +54,8 @@ class DetectorConfig:
   uses the 'Min' overlap (intersection over the smaller box); Cascade CNN uses IoU.
   """
   kind: str = "mtcnn"                       # "mtcnn" | "cascade-cnn"
+  # The buffers below are Cascade CNN's; MTCNN keeps every candidate (no buffer) and uses
+  # stage3 only as the least width of raw()'s arrays.
   min_face: float = 20.0
   factor: float = 0.709
   thresholds: tuple = (0.6, 0.7, 0.7)
@@ -131,140 +137,186 @@ def _compact(k, scores, valid, *arrays):
 
 
 
-# ---------------------------------------------------------------- MTCNN, staged
-# What each stage's shapes depend on (and so what it compiles for):
-#   host   pyramid levels of each image, area-resampled from its integral image (numpy,
-#          the same float32 operations as `boxes.area_crops` in jnp), packed into a canvas
-#          of a size from CANVAS_SIDES; the crops of stages 2 and 3 (numpy, likewise)
-#   P-Net  one program per (batch bucket, canvas height, canvas width): the net on the
-#          canvas, every level's cells, NMS within each level then across levels
-#   R-Net  one program per crop-count bucket, whatever the image sizes: the net on the
-#          24x24 crops of every image of the batch, NMS within each image
-#   O-Net  likewise on 48x48 crops, with landmarks and the last 'Min' NMS
-# A folder of photos of N sizes compiles a handful of programs, not N cascades, and the
-# persistent compilation cache (jaxvision.core.compile) keeps them between runs. The
-# host does what depends on the image size: two small transfers between stages.
-# x1.5 and x2 apart: a folder of 24 photos of 21 sizes lands on 14 canvases (a x1.25
-# ladder: 20, with 15% less padding; powers of two: 9, with 27% more), and each canvas
-# is one P-Net program.
-CANVAS_SIDES = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
-                8192, 12288, 16384)
-MAX_BATCH = 8  # images whose crops R-Net and O-Net see together (their NMS: per image)
-CROP_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-MAX_LEVELS = 24  # level-table slots; a 16384-pixel image has 21 levels at min_face 12
+# ---------------------------------------------------------------- MTCNN: nets on the device, geometry on the host
+# What runs where, and what each compiled program's shape depends on:
+#   host    each image's pyramid, area-resampled from its integral image (numpy, the same
+#           float32 operations as facenet-pytorch's 'area' interpolation), shelf-packed
+#           into a canvas cut into fixed PNET_TILE x PNET_TILE tiles; the first stage's
+#           windows, every NMS, box regression and squaring, and the crops of stages 2-3
+#           (numpy: the greedy NMS and the box arithmetic in float32 as the reference does
+#           them, with no candidate buffer: every candidate is kept, as the reference keeps
+#           them, so no face is dropped for lack of room)
+#   device  only the three nets, each on a fixed batch: P-Net on TILE_BATCHES tiles,
+#           R-Net / O-Net on CROP_BATCHES crops. Six programs, whatever the image sizes
+#           and the number of candidates; compiled once (in parallel, at the first
+#           detection) and kept by the persistent compilation cache (jaxvision.core.compile).
+# Images go through in parallel threads (XLA:CPU runs each convolution on one core; two
+# images at once use two), each image alone: no image waits for another's candidates.
+PNET_TILE = 256                  # tile side, canvas pixels
+PNET_STRIDE = PNET_TILE - 10     # tiles overlap by P-Net's 12-pixel window less its stride 2
+TILE_BATCHES = (4, 1)            # tiles per P-Net call: as many 4s as fit, then 1s
+CROP_BATCHES = {"rnet": (512, 64), "onet": (128, 16)}  # crops per call, likewise (last padded)
+CROP_SIZES = {"rnet": 24, "onet": 48}
 
 
-def _bucket(n: int, sizes) -> int:
-  for b in sizes:
-    if n <= b:
-      return b
-  return int(-(-n // sizes[-1]) * sizes[-1])
+def _threads() -> int:
+  """Images detected at once: one per core (XLA:CPU runs a convolution on one), at most 8."""
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def _even(n: int) -> int:
+  return n + (n & 1)
+
+
+def _chunks(n: int, sizes) -> list[tuple[int, int, int]]:
+  """(start, count, program batch) covering n items: the largest batch while it fills, then
+  the smallest, the last call padded."""
+  out, at = [], 0
+  for b in sizes[:-1]:
+    while n - at >= b:
+      out.append((at, b, b))
+      at += b
+  b = sizes[-1]
+  while at < n:
+    out.append((at, min(b, n - at), b))
+    at += b
+  return out
+
+
+def nms_numpy(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union",
+              plus_one: bool = False) -> np.ndarray:
+  """Greedy NMS on the host -> indices kept, best first (ties: lower index first).
+
+  The same rule as `boxes.nms` (and torchvision's / facenet-pytorch's): take the best box
+  left, drop every remaining box whose overlap with it exceeds `threshold`; overlaps in
+  float32 by `boxes.overlap`. One vectorised step per kept box."""
+  order = np.argsort(-scores, kind="stable")
+  keep = []
+  while order.size:
+    i = order[0]
+    keep.append(i)
+    rest = order[1:]
+    if not rest.size:
+      break
+    order = rest[overlap(boxes[i], boxes[rest], mode, plus_one) <= threshold]
+  return np.asarray(keep, np.int64)
 
 
 @dataclasses.dataclass
-class _Prepared:
-  """One image on the host: its integral image and its packed pyramid."""
+class _Pyramid:
+  """One image's first-stage input: its integral image, its packed canvas and where each
+  pyramid level lies in it."""
   h: int
   w: int
-  sat: np.ndarray                 # (h+1, w+1, 3) int64
-  canvas: np.ndarray | None       # (Hc, Wc, 3) float32, normalised; None: no level
-  mask: np.ndarray | None         # (Hc-2, Wc-2) bool: conv1 cells of some level
-  levels: np.ndarray | None       # (MAX_LEVELS, 4) float32: oy/2, ox/2, scale, valid
-  cells: np.ndarray | None        # (Hp, Wp) int32: level of each output cell, -1 none
-  spans: np.ndarray | None = None  # (MAX_LEVELS, max(Hp, Wp), 2) float32: `window_spans`
+  sat: np.ndarray                           # (h+1, w+1, 3) integral image
+  canvas: np.ndarray | None = None          # (Hc, Wc, 3) float32, normalised; None: no level
+  mask: np.ndarray | None = None            # (Hc-2, Wc-2) bool: conv1 cells of some level
+  levels: list = dataclasses.field(default_factory=list)  # [(scale, hs, ws, oy, ox)]
 
 
-def _prepare(image: np.ndarray, cfg: DetectorConfig) -> _Prepared:
+def _pyramid(image: np.ndarray, cfg: DetectorConfig) -> _Pyramid:
   h, w = image.shape[:2]
   sat = integral_image(image)
   levels = pyramid_scales(h, w, cfg.min_face, cfg.factor)
   if not levels:
-    return _Prepared(h, w, sat, None, None, None, None, None)
-  if len(levels) > MAX_LEVELS:
-    raise DataError(f"image of {w}x{h} pixels has {len(levels)} pyramid levels at "
-                    f"min_face {cfg.min_face}; at most {MAX_LEVELS} are supported")
+    return _Pyramid(h, w, sat)
   sizes = [(hs, ws) for _, hs, ws in levels]
-  offsets, (packed_h, width) = pack_levels(sizes, _bucket(packed_width(sizes), CANVAS_SIDES))
-  hc = _bucket(packed_h, CANVAS_SIDES)
-  canvas = np.zeros((hc, width, 3), np.float32)
-  mask = np.zeros((hc - 2, width - 2), bool)
-  hp, wp = out_cells(hc, cfg.kind), out_cells(width, cfg.kind)
-  cells = np.full((hp, wp), -1, np.int32)
-  table = np.zeros((MAX_LEVELS, 4), np.float32)
-  spans = np.zeros((MAX_LEVELS, max(hp, wp), 2), np.float32)
+  s = PNET_STRIDE
+  width = max(1, -(-(_even(sizes[0][1]) - 10) // s)) * s + 10  # the largest level fits a row
+  offsets, (packed_h, _) = pack_levels(sizes, width)
+  height = max(1, -(-(packed_h - 10) // s)) * s + 10
+  canvas = np.zeros((height, width, 3), np.float32)
+  mask = np.zeros((height - 2, width - 2), bool)
   whole = np.array([[0, h, 0, w]], np.int32)
-  for i, ((scale, hs, ws), (oy, ox)) in enumerate(zip(levels, offsets)):
+  placed = []
+  for (scale, hs, ws), (oy, ox) in zip(levels, offsets):
     canvas[oy:oy + hs, ox:ox + ws] = normalize(area_crops(sat, whole, (hs, ws))[0])
     mask[oy:oy + hs - 2, ox:ox + ws - 2] = True
+    placed.append((scale, hs, ws, oy, ox))
+  return _Pyramid(h, w, sat, canvas, mask, placed)
+
+
+def _tiles(pyr: _Pyramid):
+  """The canvas's tiles that hold some level: (y, x) canvas offsets, tiles, pool masks."""
+  s, t = PNET_STRIDE, PNET_TILE
+  hc, wc = pyr.canvas.shape[:2]
+  at, tiles, masks = [], [], []
+  for y in range(0, hc - 10, s):
+    for x in range(0, wc - 10, s):
+      m = pyr.mask[y:y + t - 2, x:x + t - 2]
+      if m.any():
+        at.append((y, x))
+        tiles.append(pyr.canvas[y:y + t, x:x + t])
+        masks.append(m)
+  return at, np.stack(tiles), np.stack(masks)
+
+
+def _first_stage(pyr: _Pyramid, prob: np.ndarray, reg: np.ndarray, cfg: DetectorConfig):
+  """P-Net's maps of the canvas -> squared candidate boxes (N, 4) and scores, best first:
+  per level the cells above the threshold, NMS within the level, NMS across levels,
+  regression (the reference's first-stage widths, without '+1') and squaring."""
+  boxes, scores, regs = [], [], []
+  for scale, hs, ws, oy, ox in pyr.levels:
     rows, cols = out_cells(hs, cfg.kind), out_cells(ws, cfg.kind)
-    if rows > 0 and cols > 0:
-      cells[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols] = i
-      # the windows of this level's rows and columns, rounded as the reference rounds them
-      spans[i, :max(rows, cols)] = window_spans(max(rows, cols), scale)
-    table[i] = (oy // 2, ox // 2, scale, 1.0)
-  return _Prepared(h, w, sat, canvas, mask, table, cells, spans)
+    if rows <= 0 or cols <= 0:
+      continue
+    p = prob[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols].reshape(-1)
+    idx = np.flatnonzero(p >= cfg.thresholds[0])
+    if not idx.size:
+      continue
+    idx = idx[np.argsort(-p[idx], kind="stable")]
+    b = cell_windows(idx, cols, scale)
+    r = reg[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols].reshape(-1, 4)[idx]
+    keep = nms_numpy(b, p[idx], cfg.nms[0])
+    boxes.append(b[keep])
+    scores.append(p[idx][keep])
+    regs.append(r[keep])
+  if not boxes:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+  boxes, scores, regs = np.concatenate(boxes), np.concatenate(scores), np.concatenate(regs)
+  keep = nms_numpy(boxes, scores, cfg.nms[1])
+  return rerec(bbreg(boxes[keep], regs[keep], plus_one=False)), scores[keep]
 
 
-def _mtcnn_stage1(pnet, pvars, canvas, mask, cells, table, spans, cfg: DetectorConfig,
-                  k_out: int):
-  """P-Net over a batch of packed canvases -> squared candidates (B, k_out, 4), scores, ok."""
-  out = pnet.apply(pvars, canvas, pool_mask=mask)
-  prob, reg = _prob(out["logits"]), out["box"]
-  n_levels = table.shape[1]
-  k1 = min(cfg.per_scale * n_levels, prob.shape[1] * prob.shape[2])
-
-  def one(prob, reg, cells, table, spans):
-    wp = prob.shape[1]
-    flat = prob.reshape(-1)
-    lev = cells.reshape(-1)
-    idx, ok = _top(flat, (lev >= 0) & (flat >= cfg.thresholds[0]), k1)
-    lv = jnp.maximum(lev[idx], 0)
-    t = table[lv].astype(jnp.int32)
-    xx = jnp.maximum(idx % wp - t[:, 1], 0)   # cell within its level (invalid slots: 0)
-    yy = jnp.maximum(idx // wp - t[:, 0], 0)
-    sx, sy = spans[lv, xx], spans[lv, yy]     # (K, 2): window start, end
-    boxes = jnp.stack([sx[:, 0], sy[:, 0], sx[:, 1], sy[:, 1]], axis=1)
-    sc, r = flat[idx], reg.reshape(-1, 4)[idx]
-    # NMS within each level: one loop per level, vmapped (its trip count is the most
-    # survivors of one level, not of all of them)
-    keep = jax.vmap(lambda l: nms(boxes, sc, ok & (lv == l), cfg.nms[0]))(
-        jnp.arange(n_levels)).any(0)
-    idx, ok = _top(sc, keep, min(cfg.proposals, k1))
-    boxes, sc, r = boxes[idx], sc[idx], r[idx]
-    keep = nms(boxes, sc, ok, cfg.nms[1])                    # across levels
-    boxes = rerec(bbreg(boxes, r, plus_one=False))
-    ok, sc, boxes = _compact(k_out, sc, keep, boxes)
-    return boxes, sc, ok
-
-  return jax.vmap(one)(prob, reg, cells, table, spans)
+def _later_stage(stage: str, pyr: _Pyramid, boxes, scores, out, cfg: DetectorConfig):
+  """R-Net (stage 'rnet') or O-Net ('onet') outputs on `boxes`' crops -> the survivors'
+  boxes, scores and landmarks, best first."""
+  prob, reg = out["prob"], out["box"]
+  _, cok = crop_regions(boxes, pyr.h, pyr.w)
+  if stage == "rnet":
+    ok = np.flatnonzero(cok & (prob > cfg.thresholds[1]))
+    keep = ok[nms_numpy(boxes[ok], prob[ok], cfg.nms[2])]
+    b = rerec(bbreg(boxes[keep], reg[keep]))
+    return b, prob[keep], np.zeros((len(keep), 5, 2), np.float32)
+  ok = np.flatnonzero(cok & (prob > cfg.thresholds[2]))
+  b, p = boxes[ok], out["landmarks"][ok]
+  bw = b[:, 2] - b[:, 0] + 1
+  bh = b[:, 3] - b[:, 1] + 1
+  lm = np.stack([bw[:, None] * p[:, :5] + b[:, 0:1] - 1,
+                 bh[:, None] * p[:, 5:] + b[:, 1:2] - 1], axis=-1)
+  b = bbreg(b, reg[ok])
+  keep = nms_numpy(b, prob[ok], cfg.nms[3], mode="min", plus_one=True)
+  return b[keep], prob[ok][keep], lm[keep]
 
 
-def _mtcnn_refine(net, variables, crops, boxes, image, valid, threshold, nms_threshold,
-                  last: bool):
-  """R-Net (last=False) or O-Net (last=True) on the crops of a flattened batch; NMS within
-  each image (`image` ids). -> boxes (N, 4), scores, keep, landmarks (N, 5, 2)."""
-  out = net.apply(variables, normalize(crops))
-  sc = _prob(out["logits"])
-  ok = valid & (sc > threshold)
-  per_image = lambda **kw: jax.vmap(lambda g: nms(boxes, sc, ok & (image == g), nms_threshold,
-                                                  **kw))(jnp.arange(MAX_BATCH)).any(0)
-  if not last:
-    keep = per_image()
-    return rerec(bbreg(boxes, out["box"])), sc, keep, jnp.zeros(boxes.shape[:1] + (5, 2))
-  p = out["landmarks"]
-  bw = boxes[:, 2] - boxes[:, 0] + 1
-  bh = boxes[:, 3] - boxes[:, 1] + 1
-  lm = jnp.stack([bw[:, None] * p[:, :5] + boxes[:, 0:1] - 1,
-                  bh[:, None] * p[:, 5:] + boxes[:, 1:2] - 1], axis=-1)
-  boxes = bbreg(boxes, out["box"])
-  keep = per_image(mode="min", plus_one=True)
-  return boxes, sc, keep, lm
+def _mtcnn_programs(modules: dict):
+  """{name: f(variables, batch) -> dict of float32 arrays}: the nets alone (softmax in)."""
 
+  def pnet(v, tiles, mask):
+    o = modules["pnet"].apply(v, tiles, pool_mask=mask)
+    return {"prob": _prob(o["logits"]), "box": o["box"]}
 
-def _best(scores: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
-  """Indices of the k best kept entries, best first, ties by lower index (lax.top_k's)."""
-  idx = np.flatnonzero(keep)
-  return idx[np.argsort(-scores[idx], kind="stable")][:k]
+  def refine(name):
+    def f(v, crops):
+      o = modules[name].apply(v, normalize(crops))
+      d = {"prob": _prob(o["logits"]), "box": o["box"]}
+      if "landmarks" in o:
+        d["landmarks"] = o["landmarks"]
+      return d
+    return f
+
+  return {"pnet": pnet, **{k: refine(k) for k in ("rnet", "onet") if k in modules}}
+
 
 # ---------------------------------------------------------------- Cascade CNN pipeline
 def _cascade_one(nets, sat, h: int, w: int, cfg: DetectorConfig):
@@ -336,14 +388,9 @@ class FaceDetector:
     self.variables = {k: jax.tree.map(jnp.asarray, v) for k, (_, v) in nets.items()}
     self._fn = jax.jit(self._run)
     if config.kind == "mtcnn":
-      cfg = config
-      k1 = cfg.stage2 if "rnet" in nets else cfg.stage3
-      pnet, rnet, onet = (self._modules.get(k) for k in MTCNN_STAGES)
-      self._stages = {
-          "pnet": lambda v, *a: _mtcnn_stage1(pnet, v, *a, cfg, k1),
-          "rnet": lambda v, *a: _mtcnn_refine(rnet, v, *a, cfg.thresholds[1], cfg.nms[2], False),
-          "onet": lambda v, *a: _mtcnn_refine(onet, v, *a, cfg.thresholds[2], cfg.nms[3], True)}
-      self._jitted = {k: jax.jit(f) for k, f in self._stages.items()}
+      self._programs = _mtcnn_programs(self._modules)
+      self._compiled: dict[tuple[str, int], Any] = {}
+      self._compile_lock = threading.Lock()
 
   def _run(self, variables, images):
     """Cascade CNN: images (B, H, W, 3) uint8 -> boxes (B, K, 4), scores, landmarks, valid."""
@@ -352,106 +399,140 @@ class FaceDetector:
     sats = jax.vmap(integral_image)(images)
     return jax.vmap(lambda s: _cascade_one(nets, s, h, w, self.config))(sats)
 
-  def _mtcnn_raw(self, images: list[np.ndarray], jit: bool) -> dict[str, np.ndarray]:
-    """The staged MTCNN cascade over images of any sizes (module comment above)."""
-    cfg, k_out = self.config, self.config.stage3
-    run = self._jitted if jit else self._stages
-    prep = [_prepare(im, cfg) for im in images]
-    n = len(images)
-    boxes = np.zeros((n, k_out, 4), np.float32)
-    scores = np.zeros((n, k_out), np.float32)
-    lms = np.zeros((n, k_out, 5, 2), np.float32)
-    valid = np.zeros((n, k_out), bool)
-    live = [i for i, p in enumerate(prep) if p.canvas is not None]
-    if not live:
-      return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
-    # Stage 1: one image at a time, one program per canvas size (a batch dimension would
-    # multiply the programs by the batch sizes and save nothing on a CPU).
-    cand = {}
-    for i in live:
-      cand.update(self._first(run["pnet"], prep, [i], *prep[i].canvas.shape[:2]))
-    for stage, size in (("rnet", 24), ("onet", 48)):
-      if stage not in self.variables:
-        break
-      cand = self._refine(run[stage], self.variables[stage], prep, cand, size)
-    for i, (b, s, lm) in cand.items():
-      order = _best(s, np.ones(len(s), bool), k_out)
-      m = len(order)
-      boxes[i, :m], scores[i, :m], lms[i, :m], valid[i, :m] = b[order], s[order], lm[order], True
-    return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
+  # ------------------------------------------------------------ MTCNN (section comment above)
+  def _program_inputs(self, name: str, batch: int):
+    """Shapes of one call of program `name` on `batch` items."""
+    f32 = jnp.float32
+    if name == "pnet":
+      t = PNET_TILE
+      return (jax.ShapeDtypeStruct((batch, t, t, 3), f32),
+              jax.ShapeDtypeStruct((batch, t - 2, t - 2), jnp.bool_))
+    size = CROP_SIZES[name]
+    return (jax.ShapeDtypeStruct((batch, size, size, 3), f32),)
 
-  def _first(self, fn, prep, members, hc: int, wc: int):
-    """P-Net over the images `members`, whose canvases are all hc x wc."""
+  def compile(self) -> None:
+    """Compiles (or loads from the persistent cache) the six MTCNN programs, two at a time.
+
+    Called by the first detection; call it earlier to take compilation out of a timing."""
+    with self._compile_lock:
+      todo = [(name, b) for name in self._programs
+              for b in (TILE_BATCHES if name == "pnet" else CROP_BATCHES[name])
+              if (name, b) not in self._compiled]
+      if not todo:
+        return
+
+      def one(key):
+        name, b = key
+        return key, jax.jit(self._programs[name]).lower(
+            self.variables[name], *self._program_inputs(name, b)).compile()
+
+      with concurrent.futures.ThreadPoolExecutor(min(len(todo), _threads())) as pool:
+        self._compiled.update(pool.map(one, todo))
+
+  def _net(self, name: str, arrays: tuple, jit: bool) -> dict[str, np.ndarray]:
+    """Program `name` over n items (arrays with leading dim n), in fixed-size calls."""
+    n = len(arrays[0])
+    parts = []
+    for at, count, b in _chunks(n, TILE_BATCHES if name == "pnet" else CROP_BATCHES[name]):
+      batch = []
+      for a in arrays:
+        x = a[at:at + count]
+        if count < b:
+          x = np.concatenate([x, np.zeros((b - count,) + x.shape[1:], x.dtype)])
+        batch.append(x)
+      fn = self._compiled[(name, b)] if jit else self._programs[name]
+      out = fn(self.variables[name], *batch)
+      parts.append({k: np.asarray(v)[:count] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def _mtcnn_one(self, image: np.ndarray, jit: bool):
+    """One image through the cascade -> boxes (N, 4), scores (N,), landmarks (N, 5, 2),
+    best first; every face the cascade keeps (no buffer caps the count)."""
     cfg = self.config
-    nb = len(members)
-    canvas = np.zeros((nb, hc, wc, 3), np.float32)
-    mask = np.zeros((nb, hc - 2, wc - 2), bool)
-    cells = np.full((nb, out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), -1, np.int32)
-    n_levels = max(int(prep[i].levels[:, 3].sum()) for i in members)
-    n_levels = 16 if n_levels <= 16 else MAX_LEVELS  # two level counts: no extra programs
-    table = np.zeros((nb, n_levels, 4), np.float32)
-    spans = np.zeros((nb, n_levels) + prep[members[0]].spans.shape[1:], np.float32)
-    for j, i in enumerate(members):
-      p = prep[i]
-      canvas[j], mask[j], cells[j], table[j] = p.canvas, p.mask, p.cells, p.levels[:n_levels]
-      spans[j] = p.spans[:n_levels]
-    b1, s1, ok1 = (np.asarray(t) for t in fn(self.variables["pnet"], canvas, mask, cells, table,
-                                                 spans))
-    return {i: (b1[j][ok1[j]], s1[j][ok1[j]], np.zeros((int(ok1[j].sum()), 5, 2), np.float32))
-            for j, i in enumerate(members)}
+    boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    lms = np.zeros((0, 5, 2), np.float32)
+    pyr = _pyramid(image, cfg)
+    if pyr.canvas is None:
+      return boxes, scores, lms
+    at, tiles, masks = _tiles(pyr)
+    out = self._net("pnet", (tiles, masks), jit)
+    c = PNET_STRIDE // 2  # output cells per tile side
+    hc, wc = pyr.canvas.shape[:2]
+    prob = np.zeros((out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), np.float32)
+    reg = np.zeros(prob.shape + (4,), np.float32)
+    for (y, x), p, r in zip(at, out["prob"], out["box"]):
+      prob[y // 2:y // 2 + c, x // 2:x // 2 + c] = p
+      reg[y // 2:y // 2 + c, x // 2:x // 2 + c] = r
+    boxes, scores = _first_stage(pyr, prob, reg, cfg)
+    lms = np.zeros((len(boxes), 5, 2), np.float32)
+    for stage in ("rnet", "onet"):
+      if stage not in self.variables or not len(boxes):
+        break
+      regions, _ = crop_regions(boxes, pyr.h, pyr.w)
+      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit)
+      boxes, scores, lms = _later_stage(stage, pyr, boxes, scores, out, cfg)
+    return boxes, scores, lms
 
-  def _refine(self, fn, variables, prep, cand, size: int):
-    """One later stage over every image's candidates, flattened into one crop batch; each
-    image keeps its `stage3` best survivors (the buffer of the last stage)."""
-    keys = [i for i in cand if len(cand[i][0])]
-    n = sum(len(cand[i][0]) for i in keys)
-    if n == 0:
-      return {i: c for i, c in cand.items()}
-    nb = _bucket(n, CROP_BUCKETS)
-    crops = np.zeros((nb, size, size, 3), np.float32)
-    boxes = np.zeros((nb, 4), np.float32)
-    image = np.full((nb,), -1, np.int32)
-    ok = np.zeros((nb,), bool)
-    at = 0
-    for i in keys:
-      b = cand[i][0]
-      reg, cok = crop_regions(b, prep[i].h, prep[i].w)
-      crops[at:at + len(b)] = area_crops(prep[i].sat, reg, size)
-      boxes[at:at + len(b)], image[at:at + len(b)], ok[at:at + len(b)] = b, i, cok
-      at += len(b)
-    b2, s2, keep, lm2 = (np.asarray(t) for t in fn(variables, crops, boxes, image, ok))
-    out = {}
-    for i in cand:
-      sel = np.flatnonzero((image == i) & keep)
-      sel = sel[np.argsort(-s2[sel], kind="stable")][:self.config.stage3]
-      out[i] = (b2[sel], s2[sel], lm2[sel])
-    return out
+  def _mtcnn_map(self, images, jit: bool, threads: int | None = None):
+    """Yields `_mtcnn_one` of each image, in order, several images at once."""
+    if jit:
+      self.compile()
+    run = lambda im: self._mtcnn_one(as_rgb_batch(im)[0], jit)
+    n = min(len(images), threads or _threads())
+    if not jit or n <= 1:
+      yield from map(run, images)
+      return
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+      yield from pool.map(run, images)
+
+  def _mtcnn_raw(self, images: list[np.ndarray], jit: bool) -> dict[str, np.ndarray]:
+    """Every image through `_mtcnn_one` -> fixed-size arrays of max(stage3, most faces in
+    an image) entries per image."""
+    found = list(self._mtcnn_map(images, jit))
+    n, k = len(images), max([self.config.stage3] + [len(f[0]) for f in found])
+    boxes = np.zeros((n, k, 4), np.float32)
+    scores = np.zeros((n, k), np.float32)
+    lms = np.zeros((n, k, 5, 2), np.float32)
+    valid = np.zeros((n, k), bool)
+    for i, (b, s, lm) in enumerate(found):
+      m = len(b)
+      boxes[i, :m], scores[i, :m], lms[i, :m], valid[i, :m] = b, s, lm, True
+    return {"boxes": boxes, "scores": scores, "landmarks": lms, "valid": valid}
 
   def raw(self, images, jit: bool = True) -> dict[str, np.ndarray]:
     """Fixed-size outputs of the cascade for a (B, H, W, 3) uint8 batch (or, for MTCNN, a
     list of images of any sizes): per image the valid entries first, best score first."""
     if self.config.kind == "mtcnn":
-      ims = ([as_rgb_batch(im)[0] for im in images] if isinstance(images, (list, tuple))
-             else list(as_rgb_batch(images)))
-      parts = [self._mtcnn_raw(ims[i:i + MAX_BATCH], jit) for i in range(0, len(ims), MAX_BATCH)]
-      return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+      ims = (list(images) if isinstance(images, (list, tuple)) else list(as_rgb_batch(images)))
+      return self._mtcnn_raw(ims, jit)
     images = as_rgb_batch(images)
     fn = self._fn if jit else self._run
     b, s, lm, ok = fn(self.variables, jnp.asarray(images))
     return {"boxes": np.asarray(b), "scores": np.asarray(s), "landmarks": np.asarray(lm),
             "valid": np.asarray(ok)}
 
+  def _faces(self, boxes, scores, landmarks, valid) -> list[dict]:
+    with_landmarks = self.config.kind == "mtcnn" and "onet" in self.variables
+    return [{"box": [float(v) for v in boxes[i]], "score": float(scores[i]),
+             "landmarks": ([[float(x), float(y)] for x, y in landmarks[i]]
+                           if with_landmarks else [])}
+            for i in np.flatnonzero(valid)]
+
   def detect(self, images, jit: bool = True) -> list[list[dict]]:
     """Per image, faces sorted by score: {"box", "score", "landmarks"} (input pixels).
     `images`: one image, a (B, H, W, C) batch, or (MTCNN) a list of images of any sizes."""
     r = self.raw(images, jit=jit)
-    with_landmarks = self.config.kind == "mtcnn" and "onet" in self.variables
-    out = []
-    for b, s, lm, ok in zip(r["boxes"], r["scores"], r["landmarks"], r["valid"]):
-      out.append([{"box": [float(v) for v in b[i]], "score": float(s[i]),
-                   "landmarks": [[float(x), float(y)] for x, y in lm[i]] if with_landmarks else []}
-                  for i in np.flatnonzero(ok)])
-    return out
+    return [self._faces(*t) for t in zip(r["boxes"], r["scores"], r["landmarks"], r["valid"])]
+
+  def detect_each(self, images, threads: int | None = None):
+    """Yields the faces of each image of a list (any sizes), in order, as `detect` gives
+    them; MTCNN works on `threads` images at once (default: one per core, at most 8)."""
+    if self.config.kind != "mtcnn":
+      for im in images:
+        yield self.detect(im)[0]
+      return
+    for b, s, lm in self._mtcnn_map(images, True, threads):
+      yield self._faces(b, s, lm, np.ones(len(b), bool))
 
 
 def as_rgb_batch(images) -> np.ndarray:

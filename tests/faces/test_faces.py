@@ -128,6 +128,12 @@ def test_area_crops_match_adaptive_pooling():
     for k, (y0, y1, x0, x1) in enumerate(regions):
       np.testing.assert_allclose(got[k], _adaptive_avg_numpy(img, y0, y1, x0, x1, oh, ow),
                                  rtol=1e-5, atol=1e-3)
+    # numpy's fast paths (whole image: rows then columns; crops: linear gathers) give the
+    # very numbers of the jnp gathers
+    sat_np = geometry.integral_image(img)
+    np.testing.assert_array_equal(np.asarray(sat), sat_np)
+    np.testing.assert_array_equal(geometry.area_crops(sat_np, regions, (oh, ow)), got)
+    np.testing.assert_array_equal(geometry.area_crops(sat_np, regions[:1], (oh, ow)), got[:1])
 
 
 def test_crop_and_resize_matches_bilinear_formula():
@@ -339,3 +345,44 @@ def test_cli_detect_faces_json_and_draw(detector, photos, tmp_path, monkeypatch,
   assert cli.main(["detect-faces", paths[0], "--json", str(bad), "--model", "cascade-cnn"]) == 1
   err = capsys.readouterr().err
   assert "missing.png" in err and "--checkpoint" in err and not bad.exists()
+
+
+def test_crowd_keeps_every_face_and_mixed_sizes_compile_six_programs(detector):
+  """No buffer caps the faces (72 LFW faces, more than the default stage3=64 that used to
+  be the most a photo could hold), and a folder of five sizes compiles the six fixed-batch
+  programs at most: P-Net on 4 or 1 tiles, R-Net on 512 or 64 crops, O-Net on 128 or 16."""
+  from jaxvision.core.compile import count_compiles
+  from tests.faces import face_folder
+  bg = face_folder.resize(face_folder.photo("grass")[..., :3], 760, 680)
+  crowd = [((9 * r + c) % 100, 52, 12 + 82 * c, 14 + 82 * r) for r in range(8) for c in range(9)]
+  img = face_folder.paste_faces(bg, crowd)
+  det = faces.FaceDetector({k: (detector._modules[k], detector.variables[k])
+                            for k in ("pnet", "rnet", "onet")}, detector.config)
+  sizes = [(120, 160), (333, 517), (97, 203), (480, 640)]
+  rng = np.random.default_rng(0)
+  others = [rng.integers(0, 255, s + (3,), np.uint8) for s in sizes]
+  with count_compiles() as c:
+    found = list(det.detect_each([img] + others))
+  assert c.requests <= 6, c
+  assert len(found[0]) >= 72 > det.config.stage3
+  pasted = np.array([[x, y, x + s, y + s] for _, s, x, y in crowd], np.float32)
+  boxes = np.array([f["box"] for f in found[0]], np.float32)
+  iou = geometry.iou_matrix(pasted, boxes)
+  assert (iou.max(axis=1) > 0.4).all()  # every pasted face has its detection
+
+
+def test_host_nms_is_the_compiled_nms():
+  """detector.nms_numpy (host) keeps what boxes.nms (jnp, lax.while_loop) keeps, in IoU
+  and in 'Min' mode with MATLAB's +1."""
+  rng = np.random.default_rng(1)
+  xy = rng.uniform(0, 200, (300, 2)).astype(np.float32)
+  wh = rng.uniform(5, 60, (300, 2)).astype(np.float32)
+  b = np.concatenate([xy, xy + wh], 1)
+  s = rng.uniform(0, 1, 300).astype(np.float32)
+  s[10:20] = s[0]  # ties: lower index first in both
+  for mode, plus_one in (("union", False), ("min", True)):
+    keep = faces.nms_numpy(b, s, 0.5, mode, plus_one)
+    ref = np.asarray(geometry.nms(jnp.asarray(b), jnp.asarray(s), jnp.ones(300, bool), 0.5,
+                                  mode, plus_one))
+    assert sorted(keep.tolist()) == np.flatnonzero(ref).tolist()
+    assert (np.diff(s[keep]) <= 0).all()

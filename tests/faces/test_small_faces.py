@@ -50,6 +50,10 @@ CASES = [
     ("wide_1280x720", "grass", 1280, 720,
      [(2, 30, 100, 600), (14, 34, 1150, 40), (27, 40, 640, 640), (45, 52, 900, 500),
       (62, 96, 200, 150), (83, 260, 500, 200)], False),
+    # a crowd: 72 faces (more than the 64 of the old fixed last-stage buffer)
+    ("crowd_72_760x680", "grass", 760, 680,
+     [((9 * r + c) % 100, 52, 12 + 82 * c, 14 + 82 * r) for r in range(8) for c in range(9)],
+     False),
 ]
 
 

@@ -14,9 +14,11 @@ import numpy as np
 from jaxvision.core.registry import register_commands
 
 TOPK = 5
-# Images classified at once: bounds memory on a folder of thousands of photos; the last
-# batch is padded to the same size so that a run compiles one program, not two.
+# Images classified at once: bounds memory on a folder of thousands of photos. Every batch
+# is padded to one of BATCH_SIZES, so that runs on folders of any length compile at most
+# these few programs, not one per image count (images are resized to one size anyway).
 BATCH = 32
+BATCH_SIZES = (1, 4, 8, 16, BATCH)
 
 
 def topk_fn(model, variables, k: int = TOPK):
@@ -36,20 +38,19 @@ def topk_fn(model, variables, k: int = TOPK):
 def predict_topk(model, variables, images: np.ndarray, k: int = TOPK):
   """(probabilities, indices) of the k most likely classes per image; images f32 [0, 1].
 
-  More than BATCH images go in batches of BATCH (the last one padded)."""
+  Batches of at most BATCH images, each padded (repeating its last image) to the next of
+  BATCH_SIZES; the padding's answers are dropped."""
   run = topk_fn(model, variables, k)
   n = len(images)
-  if n <= BATCH:
-    p, i = run(images)
-    return np.asarray(p), np.asarray(i)
   ps, is_ = [], []
   for s in range(0, n, BATCH):
     chunk = images[s:s + BATCH]
-    if len(chunk) < BATCH:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], BATCH - len(chunk), 0)])
+    size = next(b for b in BATCH_SIZES if b >= len(chunk))
+    if len(chunk) < size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
     p, i = run(chunk)
-    ps.append(np.asarray(p))
-    is_.append(np.asarray(i))
+    ps.append(np.asarray(p)[:len(images[s:s + BATCH])])
+    is_.append(np.asarray(i)[:len(images[s:s + BATCH])])
   return np.concatenate(ps)[:n], np.concatenate(is_)[:n]
 
 

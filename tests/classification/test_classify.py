@@ -186,3 +186,25 @@ def test_predict_topk_in_batches_equals_all_at_once():
   q = np.exp(logits - logits.max(1, keepdims=True))
   np.testing.assert_allclose(p, np.take_along_axis(q / q.sum(1, keepdims=True), i, 1),
                              rtol=1e-5)
+
+
+def test_predict_topk_compiles_a_few_batch_sizes():
+  """Folders of 1..40 images compile at most len(BATCH_SIZES) programs, not one per count."""
+  import jax.numpy as jnp
+
+  from jaxvision.classification import commands
+  from jaxvision.core.compile import count_compiles
+
+  class Linear:
+    def apply(self, variables, x, train=False):
+      return jnp.reshape(x, (x.shape[0], -1)) @ variables
+
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((2 * 2 * 3, 6)).astype(np.float32)
+  with count_compiles() as c:
+    for n in (1, 2, 3, 5, 7, 9, 13, 20, 31, 40):
+      x = rng.random((n, 2, 2, 3)).astype(np.float32)
+      p, i = commands.predict_topk(Linear(), w, x)
+      assert p.shape == (n, 5)
+      assert (i == np.argsort(-(x.reshape(n, -1) @ w), axis=1)[:, :5]).all()
+  assert c.compiles <= len(commands.BATCH_SIZES), c  # each call jits anew: cache hits after

@@ -253,3 +253,12 @@ def test_cascade_24net_uses_its_12_branch():
   assert set(v["params"]) == {"features", "branch12", "face"}
   # the classifier sees 128/4 + 16/4 features
   assert v["params"]["face"]["kernel"].shape == (32 + 4, 2)
+
+
+def test_shape_table_is_the_models():
+  """convert.MTCNN_SHAPES (checked on every load, a table for speed) is what the linen
+  models create."""
+  for name, (net, s) in {"pnet": (M.PNet(), 12), "rnet": (M.RNet(), 24),
+                         "onet": (M.ONet(), 48)}.items():
+    ref = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, s, s, 3))))
+    assert jax.tree.map(lambda a: tuple(a.shape), ref) == C.MTCNN_SHAPES[name], name

@@ -169,6 +169,13 @@ def _encode_png(rgb: np.ndarray, compress_level: int = 3) -> bytes:
 # Writing
 # --------------------------------------------------------------------------------------------
 
+def _umask() -> int:
+  """The process's umask (reading it means setting it: set back at once)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
   """Writes `path` through `write(file)` into a temp file, fsyncs it, then renames it, so
   that readers (other workers / hosts / a user) see either no file or a complete one,
@@ -181,7 +188,7 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
       write(f)
       f.flush()
       os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -87,7 +87,9 @@ def _prob(logits):
 
 
 def _stage1(apply, sat, h, w, cfg: DetectorConfig, window: int = 12):
-  """P-Net / 12-net over the pyramid -> candidate boxes (P, 4), scores, regression, keep.
+  """Cascade CNN's 12-net over the pyramid -> candidate windows (P, 4), scores, pyramid
+  level of each, valid: the `per_scale` best cells of each level above the threshold, then
+  the `proposals` best across levels. No NMS here: the paper calibrates first (12-cal).
 
   All levels are area-resampled into one canvas and the net runs once on it (one
   compiled convolution instead of one per scale); `pool_mask` keeps each level's max
@@ -106,7 +108,7 @@ def _stage1(apply, sat, h, w, cfg: DetectorConfig, window: int = 12):
     canvas = jax.lax.dynamic_update_slice(canvas, normalize(x), (oy, ox, 0))
     mask = mask | (((rows >= oy) & (rows < oy + hs - 2))[:, None]
                    & ((cols >= ox) & (cols < ox + ws - 2))[None, :])
-  prob, reg = apply(canvas[None], mask[None])
+  prob = apply(canvas[None], mask[None])
   kind = cfg.kind
   n_max = max(out_cells(hs, kind) * out_cells(ws, kind) for _, hs, ws in levels)
   k1 = min(cfg.per_scale, n_max)
@@ -116,19 +118,10 @@ def _stage1(apply, sat, h, w, cfg: DetectorConfig, window: int = 12):
     p = jax.lax.dynamic_slice(prob, (oy // 2, ox // 2), (hh, ww)).reshape(-1)
     idx, ok = _top(p, p >= cfg.thresholds[0], k1)
     boxes = cell_windows(idx, ww, scale, window, rows=hh)
-    if reg is not None:
-      r = jax.lax.dynamic_slice(reg, (oy // 2, ox // 2, 0), (hh, ww, 4)).reshape(-1, 4)[idx]
-    else:
-      r = jnp.zeros((k1, 4))
-    per_level.append((boxes, p[idx], r, ok))
-  boxes, sc, r, ok = (jnp.stack(t) for t in zip(*per_level))  # (S, K1, ...)
-  keep = jax.vmap(lambda b, s, v: nms(b, s, v, cfg.nms[0]))(boxes, sc, ok)
-  flat = lambda t: t.reshape((-1,) + t.shape[2:])
-  boxes, sc, r, ok = flat(boxes), flat(sc), flat(r), flat(keep)
+    per_level.append((boxes, p[idx], jnp.full((k1,), len(per_level), jnp.int32), ok))
+  boxes, sc, lev, ok = (jnp.concatenate(t) for t in zip(*per_level))
   idx, ok = _top(sc, ok, min(cfg.proposals, sc.shape[0]))
-  boxes, sc, r = boxes[idx], sc[idx], r[idx]
-  keep = nms(boxes, sc, ok, cfg.nms[1])
-  return boxes, sc, r, keep
+  return boxes[idx], sc[idx], lev[idx], ok
 
 
 def _compact(k, scores, valid, *arrays):
@@ -325,13 +318,13 @@ def _cascade_one(nets, sat, h: int, w: int, cfg: DetectorConfig):
   net12, v12 = nets["12net"]
 
   def apply_12(x, pool_mask):
-    return _prob(net12.apply(v12, x, pool_mask=pool_mask)["logits"])[0], None
+    return _prob(net12.apply(v12, x, pool_mask=pool_mask)["logits"])[0]
 
   s1 = _stage1(apply_12, sat, h, w, cfg)
   if s1 is None:
     return (jnp.zeros((k_out, 4)), jnp.zeros((k_out,)), jnp.zeros((k_out, 5, 2)),
             jnp.zeros((k_out,), bool))
-  boxes, sc, _, ok = s1
+  boxes, sc, lev, ok = s1
 
   def calibrate(name, size, boxes, ok):
     if name not in nets:
@@ -343,6 +336,9 @@ def _cascade_one(nets, sat, h: int, w: int, cfg: DetectorConfig):
                      apply_calibration(boxes, probs, cfg.calibration_threshold), boxes)
 
   boxes = calibrate("12cal", 12, boxes, ok)
+  # then NMS: within each pyramid level, then across levels (the paper: 12-cal, then NMS)
+  ok = nms(boxes, sc, ok, cfg.nms[0], groups=lev)
+  ok = nms(boxes, sc, ok, cfg.nms[1])
   ok, sc, boxes = _compact(cfg.stage2 if "24net" in nets else k_out, sc, ok, boxes)
   if "24net" in nets:
     net, v = nets["24net"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxvision.faces import boxes as geometry
 from jaxvision.faces import task as tf_
 from tests.conftest import run
 
@@ -127,8 +128,10 @@ def test_pnet_trains_on_the_embedded_faces_then_feeds_the_next_stage(tmp_path, t
 
 
 def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
-  """12-net, then the 12-calibration net on what the 12-net lets through, both through
-  `python -m train`; `detect-faces --model cascade-cnn` then runs the trained chain."""
+  """12-net, then the 12-calibration net (trained on the 45 calibration patterns applied to
+  the faces, as in Li et al.), both through `python -m train`; the calibration workdir
+  names the 12-net as its previous stage, and `detect-faces --model cascade-cnn` runs the
+  chain 12-net -> 12-cal -> NMS."""
   import sys
   over = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every": 10,
           "batch_size": 64, "data.max_images": 30, "data.eval_max_images": 6,
@@ -148,6 +151,17 @@ def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
        "--model", "cascade-cnn", "--checkpoint", str(wcal)], tfds_dir)
   faces = json.load(open(out))[str(img)]
   assert all(f["landmarks"] == [] and 0.0 <= f["score"] <= 1.0 for f in faces)
+  # the chain itself, with the 12-net's threshold open so that it proposes: both stages
+  # ran, and NMS came after the calibration (no two outputs overlap above its threshold)
+  from jaxvision.faces import detector
+  det = detector.detector_from_workdir(str(wcal), thresholds=(0.0, 0.7, 0.7))
+  assert set(det.variables) == {"12net", "12cal"}
+  r = det.raw(np.asarray(Image.open(img)))
+  boxes = r["boxes"][0][r["valid"][0]]
+  assert len(boxes) >= 2
+  iou = geometry.iou_matrix(boxes, boxes)
+  np.fill_diagonal(iou, 0.0)
+  assert iou.max() <= det.config.nms[1] + 1e-6
 
 
 def test_eval_threshold_comes_from_the_config():

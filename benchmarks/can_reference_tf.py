@@ -2,8 +2,8 @@
 re-expressed in tf.keras with the same layers, run on the same machine as
 benchmarks/can.py. Development only: TensorFlow is never a jaxvision dependency.
 
-  python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu
-  /tmp/tfvenv/bin/python benchmarks/can_reference_tf.py [--batch 4 --crop 256]
+  python -m venv TF_VENV && TF_VENV/bin/pip install tensorflow-cpu
+  TF_VENV/bin/python benchmarks/can_reference_tf.py [--batch 4 --crop 256]
 
 The demo's graph: 8 x (3x3 conv, dilation 1,2,...,64,1, no bias) -> w0*x + w1*BN(x)
 -> LeakyReLU(0.2), then a 1x1 conv to 3 channels; MSE loss, Adam. Timed as a

@@ -1,7 +1,7 @@
 """Face-detection latency and throughput: jaxvision MTCNN vs the reference implementations.
 
     .venv/bin/python benchmarks/face_detection.py [--quick] [--folder DIR] [--out OUT.json] \
-        [--facenet-python .venv-peers/bin/python] [--tf-python /tmp/tfvenv/bin/python]
+        [--facenet-python .venv-peers/bin/python] [--tf-python TF_VENV/bin/python]
 
 --folder DIR: a folder of photos as a user has them, timed as a user runs the command: the
 whole `jaxvision detect-faces DIR --json OUT.json` (a subprocess, wall clock: start-up,
@@ -121,7 +121,10 @@ def worker(kind, sizes, repeats, batch):
 
 
 def run_reference(python, kind, args):
-  if not python or not os.path.exists(python):
+  if not python:
+    return None
+  if not os.path.exists(python):
+    print(f"({kind} reference left out: no interpreter at {python})")
     return None
   cmd = [python, os.path.abspath(__file__), "--worker", kind, "--repeats", str(args.repeats),
          "--batch", str(args.batch)] + (["--quick"] if args.quick else [])
@@ -261,7 +264,9 @@ def main():
                   help="give detect-faces the folder's files instead of the folder")
   ap.add_argument("--out", default="face_detection_benchmark.json", metavar="OUT.json",
                   help="where the JSON of all figures goes (default: %(default)s)")
-  ap.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
+  ap.add_argument("--tf-python", default=os.environ.get("JAXVISION_TF_PYTHON", ""),
+                  help="interpreter with the `mtcnn` TF package (default: $JAXVISION_TF_PYTHON; "
+                  "without one the TF column is left out)")
   ap.add_argument("--worker", choices=("facenet", "tf"), help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.quick:

@@ -7,8 +7,8 @@ pixels. To remake them (only if the format is meant to change, which it is not):
 
   git worktree add /tmp/jv_old fa81f30   # or: git archive fa81f30 | tar -x -C /tmp/jv_old
   cd /tmp/jv_old && JAX_PLATFORMS=cpu JAX_DEFAULT_PRNG_IMPL=rbg \
-      /work/main/.venv/bin/python /work/main/tests/compression/data/make_fixtures.py \
-      /work/main/tests/compression/data
+      .venv/bin/python tests/compression/data/make_fixtures.py \
+      tests/compression/data
 
 The workdirs are rebuilt by the test from `reference.random_params` (numpy only), so
 only the .jvc files, the decoded PNGs and one small CDF-table file are stored.

@@ -224,9 +224,11 @@ def _match(got, want, what):
     iy = max(0.0, min(gb[3], wb[3]) - max(gb[1], wb[1]))
     inter = ix * iy
     iou = inter / ((gb[2] - gb[0]) * (gb[3] - gb[1]) + (wb[2] - wb[0]) * (wb[3] - wb[1]) - inter)
-    assert iou >= 0.95, f"{what}: IoU {iou:.3f}"
-    assert abs(g["score"] - w["score"]) <= 0.01, what
-    assert np.abs(np.array(g["landmarks"]) - np.array(w["landmarks"])).max() <= 2.0, what
+    assert iou >= 0.999, f"{what}: IoU {iou:.4f}"
+    # the tolerances docs/faces.md and the README state for these photos
+    assert np.abs(gb - wb).max() <= 0.01, f"{what}: box {gb} vs {wb}"
+    assert abs(g["score"] - w["score"]) <= 1e-5, what
+    assert np.abs(np.array(g["landmarks"]) - np.array(w["landmarks"])).max() <= 1e-3, what
 
 
 def test_reference_file_names_its_source():

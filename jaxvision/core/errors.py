@@ -28,6 +28,10 @@ class FileFormatError(UserError, ValueError):
   """A file of a jaxvision format (.jvc, CDF tables, ...) that is damaged or foreign."""
 
 
+class OutputError(UserError, OSError):
+  """An output path that cannot be written (a folder, a missing or read-only folder, ...)."""
+
+
 class ConfigError(UserError, ValueError):
   """A config key or command-line value that is out of range or unknown."""
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxvision.core.errors import DataError
+from jaxvision.core.errors import DataError, OutputError, UserError
 
 # What counts as an image file in a folder (folder: datasets, folders given to commands).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
@@ -179,10 +179,18 @@ def _umask() -> int:
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
   """Writes `path` through `write(file)` into a temp file, fsyncs it, then renames it, so
   that readers (other workers / hosts / a user) see either no file or a complete one,
-  even after a crash, and an error leaves nothing behind. Creates the parent folder."""
+  even after a crash, and an error leaves nothing behind. Creates the parent folder.
+
+  A path that cannot be written (a folder, a folder that cannot be created, no permission,
+  a full disk) raises `OutputError` naming it, before or instead of a half-written file."""
+  if os.path.isdir(path):
+    raise OutputError(f"{path}: is a folder, not an output file")
   d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  except OSError as e:
+    raise OutputError(f"{path}: cannot write there ({e.strerror or e})") from None
   try:
     with os.fdopen(fd, "wb" if binary else "w") as f:
       write(f)
@@ -190,9 +198,11 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
       os.fsync(f.fileno())
     os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    if isinstance(e, OSError) and not isinstance(e, UserError):
+      raise OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
     raise
 
 

@@ -25,11 +25,19 @@ def detect_faces_cmd(args) -> None:
     raise UserError(f"--batch {args.batch}: must be at least 1")
   if not args.json.lower().endswith(".json"):
     raise UserError(f"{args.json}: --json must name a .json file")
+  if os.path.isdir(args.json):
+    raise UserError(f"{args.json}: is a folder, not an output file")
   out_dir = os.path.dirname(os.path.abspath(args.json))
   if not os.path.isdir(out_dir):
     raise UserError(f"{args.json}: output folder {out_dir} does not exist")
   if args.draw and os.path.exists(args.draw) and not os.path.isdir(args.draw):
     raise UserError(f"{args.draw}: --draw must be a folder")
+  if args.draw:  # before any work: a folder that cannot be made is the first thing said
+    try:
+      os.makedirs(args.draw, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"{args.draw}: cannot create the --draw folder ({e.strerror or e})") \
+          from None
   # Folders stand for their image files; grey, palette, RGBA (on white) -> RGB uint8. One
   # unreadable file among many is one line and the others go on (core.inputs); one file
   # alone is the command's error, as before.
@@ -77,7 +85,6 @@ def detect_faces_cmd(args) -> None:
   result = {p: result[p] for p in given}  # the order given
   io.atomic_write_text(args.json, json.dumps(result, indent=1))
   if args.draw:
-    os.makedirs(args.draw, exist_ok=True)
     used: set[str] = set()
     for p in given:
       stem = os.path.splitext(os.path.basename(p))[0]

@@ -31,3 +31,26 @@ def test_a_failed_write_leaves_nothing(tmp_path):
   with pytest.raises(RuntimeError):
     io.atomic_write(str(p), boom)
   assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_outputs_are_one_clear_error(tmp_path):
+  from jaxvision.core.errors import OutputError, UserError
+  folder = tmp_path / "out.png"
+  folder.mkdir()
+  with pytest.raises(OutputError, match="out.png: is a folder"):
+    io.atomic_write(str(folder), lambda f: f.write(b"x"))
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o500)
+  try:
+    if os.access(str(locked), os.W_OK):  # root ignores the mode: use a path under a file
+      target = str(tmp_path / "afile" / "x.bin")
+      (tmp_path / "afile").write_bytes(b"")
+    else:
+      target = str(locked / "x.bin")
+    with pytest.raises(OutputError, match="cannot write") as e:
+      io.atomic_write(target, lambda f: f.write(b"x"))
+    assert isinstance(e.value, UserError) and isinstance(e.value, OSError)
+  finally:
+    locked.chmod(0o700)
+  assert sorted(os.listdir(tmp_path)) in (["afile", "locked", "out.png"], ["locked", "out.png"])

@@ -55,3 +55,22 @@ def test_all_inputs_unreadable_writes_no_json(tmp_path, monkeypatch, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 3 and err[-1] == "jaxvision detect-faces: error: 2 of 2 inputs failed"
   assert not out.exists()
+
+
+def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+  det = _Detector()
+  monkeypatch.setattr(detector, "mtcnn_detector", lambda *a, **k: det)
+  folder, stems, _ = image_folder(tmp_path, grey=True)
+  as_dir = tmp_path / "faces.json"
+  as_dir.mkdir()
+  assert cli.main(["detect-faces", folder, "--json", str(as_dir)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"jaxvision detect-faces: error: {as_dir}: is a folder, not an output file"]
+  blocker = tmp_path / "file"
+  blocker.write_bytes(b"")
+  out = tmp_path / "ok.json"
+  assert cli.main(["detect-faces", folder, "--json", str(out), "--draw",
+                   str(blocker / "drawn")]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "cannot create the --draw folder" in err[0]
+  assert not out.exists() and det.seen == []  # refused before detecting or writing

@@ -110,12 +110,53 @@ def _pil_to_rgb_uint8(im: Image.Image) -> np.ndarray:
   return to_rgb_uint8(arr)
 
 
+# The most pixels an input image may have, checked from its header before it is decoded:
+# 100 megapixels (a 12000 x 8000 photo is 96) unless JAXVISION_MAX_PIXELS says otherwise
+# (a number of pixels; 0 or 'none': no limit of ours, Pillow's bomb check still applies).
+MAX_PIXELS_ENV = "JAXVISION_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_image_pixels() -> int | None:
+  """The input pixel limit in force (None: none of ours)."""
+  v = os.environ.get(MAX_PIXELS_ENV, "").strip().lower()
+  if not v:
+    return DEFAULT_MAX_PIXELS
+  if v in ("0", "none", "off"):
+    return None
+  try:
+    n = int(float(v))
+  except ValueError:
+    raise DataError(f"{MAX_PIXELS_ENV}={v!r}: not a number of pixels") from None
+  if n < 1:
+    raise DataError(f"{MAX_PIXELS_ENV}={v!r}: must be positive (0 or none: no limit)")
+  return n
+
+
+def check_pixels(what: str, width: int, height: int) -> None:
+  """Refuses an image of width x height above `max_image_pixels()`, naming the limit."""
+  limit = max_image_pixels()
+  if limit is not None and width * height > limit:
+    mp = lambda n: f"{n / 1e6:.0f}" if n >= 1e7 else f"{n / 1e6:.4g}"
+    raise DataError(f"{what}: {width}x{height} is {mp(width * height)} megapixels, more "
+                    f"than the limit of {mp(limit)} (set {MAX_PIXELS_ENV} to change it)")
+
+
+_PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
 def _open_and_convert(fp, what: str) -> np.ndarray:
+  # our limit replaces Pillow's bomb check (its warning at 89 MP, its error at 179 MP);
+  # with ours switched off, Pillow's stays
+  Image.MAX_IMAGE_PIXELS = None if max_image_pixels() is not None else _PIL_MAX_PIXELS
   try:
     with Image.open(fp) as im:
+      check_pixels(what, *im.size)  # from the header, before any pixel is decoded
       im.load()  # force a full decode: truncated files fail here, not later in a worker
       return _pil_to_rgb_uint8(im)
   except DataError as e:
+    if str(e).startswith(f"{what}: "):  # the pixel limit: already names the file
+      raise
     raise DataError(f"{what}: not a readable image ({e})") from None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
           Image.DecompressionBombError) as e:

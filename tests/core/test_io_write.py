@@ -54,3 +54,35 @@ def test_unwritable_outputs_are_one_clear_error(tmp_path):
   finally:
     locked.chmod(0o700)
   assert sorted(os.listdir(tmp_path)) in (["afile", "locked", "out.png"], ["locked", "out.png"])
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
+  """A header declaring more pixels than JAXVISION_MAX_PIXELS is refused before decoding
+  (a 100000 x 100000 'bomb' of a few bytes), naming the file and the limit."""
+  import struct
+  import zlib
+
+  from PIL import Image
+
+  from jaxvision.core.errors import DataError
+
+  def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000,
+                                                                      8, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+  with pytest.raises(DataError, match=r"bomb.png: 100000x100000 is 10000 megapixels, more "
+                     r"than the limit of 100 \(set JAXVISION_MAX_PIXELS"):
+    io.load_image_file(bomb)
+  small = tmp_path / "small.png"
+  Image.new("RGB", (40, 30)).save(small)
+  assert io.load_image_file(small).shape == (30, 40, 3)
+  monkeypatch.setenv("JAXVISION_MAX_PIXELS", "1000")
+  with pytest.raises(DataError, match="40x30 is 0.0012 megapixels, more than the limit of 0.001 "):
+    io.load_image_file(small)
+  monkeypatch.setenv("JAXVISION_MAX_PIXELS", "1200")
+  assert io.load_image_file(small).shape == (30, 40, 3)
+  monkeypatch.setenv("JAXVISION_MAX_PIXELS", "lots")
+  with pytest.raises(DataError, match="JAXVISION_MAX_PIXELS='lots'"):
+    io.load_image_file(small)

@@ -15,10 +15,9 @@ def enhance(args) -> None:
   """One image (--input FILE --output OUT.png), or a folder of them into a folder
   (--input DIR --output OUT_DIR: OUT_DIR/<name>.png each; see `core.inputs`)."""
 
-  import jax
   import numpy as np
 
-  from jaxvision.core import checkpoint, inputs, io, tiling
+  from jaxvision.core import buckets, checkpoint, inputs, io, tiling
 
   jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png")
   config, model, variables, step = checkpoint.load_model(args.checkpoint, "image_to_image",
@@ -26,7 +25,17 @@ def enhance(args) -> None:
   if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
     raise UserError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
   radius = model.receptive_radius()
-  fn = jax.jit(lambda x: model.apply(variables, x, train=False))  # one for every image
+
+  def default_tile(h, w):  # whole image if it fits the pixel budget, else the largest tiles that do
+    return max(h, w) if h * w <= args.max_pixels else max(
+        64, int(args.max_pixels ** 0.5) - 2 * radius)
+
+  # One for every image: images (and the partial windows of large ones) padded to a few shape
+  # buckets, the padding masked (core.buckets), so a folder compiles one program per bucket;
+  # the full tile window is a bucket of its own (large images run unpadded).
+  window = (args.tile if args.tile is not None else default_tile(1 << 30, 1 << 30)) + 2 * radius
+  fn = buckets.bucketed_apply(lambda x: model.apply(variables, x, train=False),
+                              keep_sides=(window,))
 
   def one(job):
     src, dst = job
@@ -34,10 +43,7 @@ def enhance(args) -> None:
     x = image.astype(np.float32) / 255.0
     t = time.time()
     h, w = image.shape[:2]
-    tile = args.tile
-    if tile is None:  # whole image if it fits the pixel budget, else the largest tiles that do
-      tile = max(h, w) if h * w <= args.max_pixels else max(
-          64, int(args.max_pixels ** 0.5) - 2 * radius)
+    tile = args.tile if args.tile is not None else default_tile(h, w)
     y = io.to_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile))
     if alpha is not None:
       y = np.concatenate([y, alpha[..., None]], axis=-1)
@@ -58,7 +64,10 @@ def list_operators(args) -> None:
 def add(sub) -> None:
   p = sub.add_parser("enhance", help="apply a trained image operator (CAN) to a photo",
                      description="Applies a trained image-to-image network to any image "
-                     "size, in overlapping tiles so memory stays bounded (no seams).")
+                     "size, in overlapping tiles so memory stays bounded (no seams). Images "
+                     "are padded to a few size buckets, the padding masked, so a folder of "
+                     "many sizes compiles one program per bucket; outputs are the unpadded "
+                     "ones.")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
                  help="workdir of a `python -m train` run")
   p.add_argument("--input", required=True, metavar="IN",

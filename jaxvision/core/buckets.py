@@ -8,7 +8,11 @@
                                     valid top-left region of its input
   region_mask(x)                    (1, Hx, Wx, 1) float mask of the valid region at x's
                                     resolution, or None outside `valid_region`
+  valid_size(x), valid_extent(H, W) the traced valid (h, w) at x's (or an H x W) resolution,
+                                    or None outside `valid_region`
   masked_mean(x)                    mean over axes (1, 2) of the valid region only
+  valid_mean(x, h, w)               mean over axes (1, 2) of x's top-left h x w (traced)
+  bucketed_apply(fn, multiple)      fn(x) compiled once per bucket, not once per size
 
 Why: XLA compiles one program per input shape, and a folder of photos has as many sizes as
 photos. Padding each image to a few bucket shapes makes a handful of programs, but padding
@@ -26,6 +30,12 @@ size is ceil(h * Hx / H): exact for stride-s layers when H and h are multiples o
 upsamplers. Convolutions with stride > 1 are exact when both sizes give the same padding
 (explicit padding always; "SAME" when h and H have the same residue modulo the stride, so
 buckets for such networks are multiples of the total stride and so is the padded image).
+
+A model that pads explicitly before a "VALID" convolution (reflection padding, the style
+networks) cannot have that convolution's input masked: the padded map is larger than the
+resolution it stands for. Such a model pads with `valid_size` (mirroring at the valid
+border) and marks the convolution `unmasked_in_region = True` (a class attribute of an
+nn.Conv subclass): the interceptor then leaves its input alone.
 """
 from __future__ import annotations
 
@@ -82,6 +92,21 @@ def _valid(size, full: int, at: int):
   return (size * at + full - 1) // full
 
 
+def valid_extent(height: int, width: int):
+  """The valid (h, w) (traced int32) at a height x width resolution of the current
+  `valid_region`, or None outside one."""
+  r = _region.get()
+  if r is None:
+    return None
+  h, w, big_h, big_w = r
+  return _valid(h, big_h, int(height)), _valid(w, big_w, int(width))
+
+
+def valid_size(x):
+  """`valid_extent` at the resolution of x (n, Hx, Wx, c), or None outside `valid_region`."""
+  return valid_extent(x.shape[1], x.shape[2])
+
+
 def region_mask(x):
   """The valid-region mask (1, Hx, Wx, 1) at x's resolution (x: (n, Hx, Wx, c)), or None."""
   r = _region.get()
@@ -109,19 +134,37 @@ def masked_mean(x, keepdims: bool = True):
 
   Accumulates in float32, as the pooling layers do, and returns x's dtype."""
   import jax.numpy as jnp
-  m = region_mask(x)
   xf = x.astype(jnp.float32)
-  if m is None:
+  valid = valid_size(x)
+  if valid is None:
     return jnp.mean(xf, axis=(1, 2), keepdims=keepdims).astype(x.dtype)
-  s = jnp.sum(jnp.where(m, xf, 0.0), axis=(1, 2), keepdims=keepdims)
-  count = jnp.sum(m.astype(jnp.float32), axis=(1, 2), keepdims=keepdims)
-  return (s / count).astype(x.dtype)
+  return valid_mean(xf, *valid, keepdims=keepdims).astype(x.dtype)
+
+
+def valid_mean(x, h, w, keepdims: bool = True):
+  """Mean over axes (1, 2) of the top-left h x w of x (n, H, W, c) (h, w traced).
+
+  The valid pixels are first packed in the unpadded image's row-major order (then zeros)
+  so that XLA adds them in about the order it adds the unpadded image's (zeros between the
+  rows would change its vectorised summation order more); and XLA turns jnp.mean's
+  division by the constant count into a product with its reciprocal, as done here. Equal
+  to the unpadded mean to float32 rounding: XLA:CPU's reduction order depends on the
+  shape (and on what it fuses), so not always to the last bit."""
+  import jax.numpy as jnp
+  n, big_h, big_w, c = x.shape
+  p = jnp.arange(big_h * big_w)
+  src = jnp.clip((p // w) * big_w + p % w, 0, big_h * big_w - 1)
+  packed = jnp.take(x.reshape(n, big_h * big_w, c), src, axis=1)
+  packed = jnp.where((p < h * w)[None, :, None], packed, 0).reshape(x.shape)
+  total = jnp.sum(packed, axis=(1, 2), keepdims=keepdims)
+  return total * (1.0 / (h * w).astype(x.dtype))
 
 
 def _mask_conv_inputs(next_fun, args, kwargs, context):
   import flax.linen as nn
   if (context.method_name == "__call__" and args
-      and isinstance(context.module, (nn.Conv, nn.ConvTranspose))):
+      and isinstance(context.module, (nn.Conv, nn.ConvTranspose))
+      and not getattr(context.module, "unmasked_in_region", False)):
     args = (apply_mask(args[0]),) + tuple(args[1:])
   return next_fun(*args, **kwargs)
 
@@ -139,26 +182,36 @@ def valid_region(h, w, height: int, width: int) -> Iterator[None]:
     _region.reset(token)
 
 
-def bucketed_apply(fn, multiple: int = 32):
-  """Wraps `fn(x) -> y` (a model applied to a (1, h, w, c) float image, y of the same spatial
-  size times an integer scale) so that it compiles once per bucket, not once per size.
+def bucketed_apply(fn, multiple: int = 32, *, keep_sides=()):
+  """Wraps `fn(x, *args) -> y` (a model applied to a (1, h, w, c) float image, y of the same
+  spatial size times an integer scale) so that it compiles once per bucket, not once per size.
 
-  Returns `run(x)`: pads x to its bucket, calls a jitted fn under `valid_region` with the
-  true size as traced arguments, and crops the result to the true size (times the scale)."""
+  Returns `run(x, *args)`: pads x to its bucket, calls a jitted fn under `valid_region` with
+  the true size as traced arguments, and crops the result to the true size (times the
+  scale). `args` are traced too (a seed, say). A side in `keep_sides` is its own bucket (a
+  tiler's window side: large images then run unpadded in the one window shape); keep
+  sides that are multiples of `multiple` when the network has strides."""
   import jax
 
-  @jax.jit
-  def padded(x, h, w):
-    with valid_region(h, w, x.shape[1], x.shape[2]):
-      return fn(x)
+  keep = frozenset(int(k) for k in keep_sides)
 
-  def run(x):
+  @jax.jit
+  def padded(x, h, w, *args):
+    with valid_region(h, w, x.shape[1], x.shape[2]):
+      return fn(x, *args)
+
+  def side(n):
+    return n if n in keep else bucket_side(n, multiple)
+
+  def run(x, *args):
     x = np.asarray(x)
     h, w = x.shape[1], x.shape[2]
-    big_h, big_w = bucket_shape(h, w, multiple)
-    y = np.asarray(padded(pad_to(x, big_h, big_w, batched=True), np.int32(h), np.int32(w)))
+    big_h, big_w = side(h), side(w)
+    y = np.asarray(padded(pad_to(x, big_h, big_w, batched=True), np.int32(h), np.int32(w),
+                          *args))
     s = y.shape[1] // big_h
     return y[:, :h * s, :w * s]  # on the host: a device slice would compile per size
 
   run.padded = padded
+  run.multiple = multiple
   return run

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxvision.core import buckets
+
 
 def _explicit_padding(padding, kernel_hw, rates):
   if isinstance(padding, str):
@@ -113,7 +115,7 @@ class SqueezeExcite(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    s = buckets.masked_mean(x)  # the plain mean, or the valid region's in a bucket
     s = nn.Dense(max(self.min_channels, c // self.reduction), dtype=self.dtype, name="fc1")(s)
     s = nn.Dense(c, dtype=self.dtype, name="fc2")(nn.relu(s))
     return x * nn.sigmoid(s)

@@ -99,10 +99,23 @@ def _filter_valid(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     return z
 
 
-def _ssim_and_cs(x, y, data_range, kernel, k1, k2):
+def _mean_first(x, axis: int, n):
+    """``jnp.mean(x, axis)``, over the first ``n`` (traced) entries of the axis when ``n``
+    is given (the rest: padding of a shape bucket, see jaxvision.core.buckets)."""
+    if n is None:
+        return jnp.mean(x, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    keep = (jnp.arange(x.shape[axis]) < n).reshape(shape)
+    # XLA computes jnp.mean's division by a constant count as a product with its reciprocal
+    return jnp.sum(jnp.where(keep, x, 0.0), axis=axis) * (1.0 / n.astype(x.dtype))
+
+
+def _ssim_and_cs(x, y, data_range, kernel, k1, k2, valid=None):
     """Per-(image, channel) mean SSIM and mean contrast-structure over the valid region.
 
-    ``x`` and ``y`` are float32 (N, H, W, C). Returns two (N, C) arrays.
+    ``x`` and ``y`` are float32 (N, H, W, C). Returns two (N, C) arrays. ``valid`` (h, w),
+    traced: only the top-left h x w of x and y are the images (a padded shape bucket).
     """
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
@@ -111,8 +124,13 @@ def _ssim_and_cs(x, y, data_range, kernel, k1, k2):
     # in E[x^2] - E[x]^2 without changing the exact result. The means are
     # restored for the luminance term (filter(x - m) + m == filter(x) because
     # the kernel sums to one).
-    mx = jnp.mean(x, axis=(1, 2), keepdims=True)
-    my = jnp.mean(y, axis=(1, 2), keepdims=True)
+    if valid is None:
+        mx = jnp.mean(x, axis=(1, 2), keepdims=True)
+        my = jnp.mean(y, axis=(1, 2), keepdims=True)
+    else:
+        from jaxvision.core import buckets
+        mx = buckets.valid_mean(x, *valid)
+        my = buckets.valid_mean(y, *valid)
     x = x - mx
     y = y - my
     c = x.shape[-1]
@@ -128,8 +146,10 @@ def _ssim_and_cs(x, y, data_range, kernel, k1, k2):
     lum_map = (2.0 * ux * uy + c1) / (ux * ux + uy * uy + c1)
     ssim_map = lum_map * cs_map
     # Nested means (rows, then columns) keep float32 summation error small.
-    ssim_val = jnp.mean(jnp.mean(ssim_map, axis=2), axis=1)
-    cs_val = jnp.mean(jnp.mean(cs_map, axis=2), axis=1)
+    fh, fw = (None, None) if valid is None else (valid[0] - (kernel.shape[0] - 1),
+                                                   valid[1] - (kernel.shape[0] - 1))
+    ssim_val = _mean_first(_mean_first(ssim_map, 2, fw), 1, fh)
+    cs_val = _mean_first(_mean_first(cs_map, 2, fw), 1, fh)
     return ssim_val, cs_val
 
 
@@ -212,6 +232,25 @@ def ssim(a, b, data_range=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.03) -> j
     a, b = _check_pair("ssim", a, b)
     filter_size = _check_filter("ssim", filter_size, a.shape[-3], a.shape[-2])
     return _ssim_impl(a, b, data_range, sigma, k1, k2, filter_size=filter_size)
+
+
+def psnr_valid(a, b, h, w, data_range=1.0):
+    """:func:`psnr` of the top-left h x w (traced) of (N, H, W, C) float32 ``a`` and ``b``
+    (a padded shape bucket, jaxvision.core.buckets); for use under jit."""
+    d = a - b
+    mse = _mean_first(_mean_first(jnp.mean(d * d, axis=-1), 2, w), 1, h)
+    data_range = jnp.asarray(data_range, jnp.float32)
+    return 10.0 * jnp.log10(data_range * data_range / mse)
+
+
+def ssim_valid(a, b, h, w, data_range=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.03):
+    """:func:`ssim` of the top-left h x w (traced, at least ``filter_size``) of (N, H, W, C)
+    float32 ``a`` and ``b`` (a padded shape bucket); for use under jit."""
+    kernel = _gaussian_kernel(filter_size, sigma)
+    k1, k2 = jnp.asarray(k1, jnp.float32), jnp.asarray(k2, jnp.float32)
+    ssim_val, _ = _ssim_and_cs(a, b, jnp.asarray(data_range, jnp.float32), kernel, k1, k2,
+                               valid=(h, w))
+    return jnp.mean(ssim_val, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("filter_size",))

@@ -15,8 +15,8 @@ from jaxvision.core.errors import UserError, first_line
 from jaxvision.core.registry import register_commands
 
 
-def load_generator(workdir: str):
-  """(apply(x (N,H,W,3), seed) -> (N,H,W,3), config, step) from a style/texture workdir."""
+def _generator(workdir: str):
+  """(apply(x (N,H,W,3), seed) -> (N,H,W,3), model, config, step), not jitted."""
   import jax
 
   from jaxvision.core import checkpoint
@@ -24,19 +24,47 @@ def load_generator(workdir: str):
   config, model, variables, step = checkpoint.load_model(workdir, ("style_transfer", "texture"),
                                                          "a style network")
 
-  @jax.jit
   def apply(x, seed):
     key = jax.random.key(seed, impl="rbg")  # texture nets draw noise; others ignore it
     return model.apply(variables, x, rngs={"noise": key})
 
-  return apply, config, step
+  return apply, model, config, step
+
+
+def load_generator(workdir: str):
+  """(apply(x (N,H,W,3), seed) -> (N,H,W,3), config, step) from a style/texture workdir."""
+  import jax
+  apply, _, config, step = _generator(workdir)
+  return jax.jit(apply), config, step
+
+
+def load_bucketed_generator(workdir: str):
+  """(run(x (H,W,3) numpy, seed) -> (H,W,3) numpy, config, step): the generator in shape
+  buckets (jaxvision.core.buckets), one compiled program per bucket for a folder of many
+  sizes; the few sizes a bucket cannot reproduce (`generators.bucketable`: texture nets on
+  images with a side <= 2**(scales-1)) take the per-size program."""
+  import jax
+  import numpy as np
+
+  from jaxvision.core import buckets
+  from jaxvision.style import generators
+  apply, model, config, step = _generator(workdir)
+  whole = jax.jit(apply)
+  bucketed = buckets.bucketed_apply(apply, generators.bucket_multiple(model))
+
+  def run(x, seed):
+    h, w = x.shape[:2]
+    if generators.bucketable(model, h, w):
+      return bucketed(x[None], seed)[0]
+    return np.asarray(whole(x[None], seed))[0]
+
+  return run, config, step
 
 
 def stylize(args) -> None:
   """IN OUT.png, or a folder of images into a folder (OUT_DIR/<name>.png each); the
   network (or the style image and descriptor of the optimisation) is loaded once."""
 
-  import jax.numpy as jnp
   import numpy as np
 
   from jaxvision.core import inputs, io
@@ -52,11 +80,11 @@ def stylize(args) -> None:
 
   first = None if folder else load(args.input)  # one file: read before the model, as before
   if args.checkpoint:
-    apply, config, step = load_generator(args.checkpoint)
+    apply, config, step = load_bucketed_generator(args.checkpoint)
     what = f"{config.model.name} (checkpoint step {step}, style {config.style.get('image', '?')})"
 
     def run(x):
-      return np.asarray(apply(jnp.asarray(x)[None], args.seed))[0], what
+      return apply(x, args.seed), what
   else:
     if not args.style:
       raise UserError("--optimize needs --style STYLE_IMAGE")
@@ -98,7 +126,9 @@ def add(sub) -> None:
   p = sub.add_parser(
       "stylize", help="stylise a photo: a trained style network, or Gatys optimisation",
       description="Feed-forward: --checkpoint WORKDIR of a configs/johnson.py or "
-      "configs/texture_net.py run. Optimisation (Gatys et al.): --optimize --style STYLE.")
+      "configs/texture_net.py run; images are padded to a few size buckets, the padding "
+      "masked, so a folder of many sizes compiles one program per bucket. Optimisation "
+      "(Gatys et al.): --optimize --style STYLE.")
   p.add_argument("--checkpoint", metavar="WORKDIR", help="trained style/texture network")
   p.add_argument("--optimize", action="store_true", help="Gatys et al. optimisation instead")
   p.add_argument("--style", help="style image (file or embedded photo name), with --optimize")

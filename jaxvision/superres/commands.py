@@ -26,7 +26,7 @@ def upscale_command(args) -> None:
   import numpy as np
 
   from jaxvision.core import inputs, io
-  from jaxvision.superres.eval import upscale
+  from jaxvision.superres.eval import bucketed_model, upscale
   from jaxvision.superres.resize import imresize
 
   jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png")
@@ -35,13 +35,15 @@ def upscale_command(args) -> None:
   config, model, variables, step = _load_sr(args.checkpoint)
   note = [f"note: {config.model.name} pools over the whole input; tiles change it slightly"
           ] if args.tile is not None and not getattr(model, "local", True) else []
+  # one model for every image: one compiled program per shape bucket, not per image size
+  apply_fn = bucketed_model(model, variables, tile=args.tile, max_pixels=args.max_pixels)
 
   def one(job):
     src, dst = job
     image, alpha = io.read_image(src)
     t = time.time()
     y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
-                max_pixels=args.max_pixels)
+                max_pixels=args.max_pixels, apply_fn=apply_fn)
     y = (y * 255.0 + 0.5).astype(np.uint8)
     if alpha is not None:  # alpha is not the network's business: bicubic
       y = np.concatenate([y, imresize(alpha, float(model.scale))[..., None]], axis=-1)
@@ -85,7 +87,9 @@ def add(sub) -> None:
   """Adds this family's subcommands to the `jaxvision` parser."""
   p = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
                      description="Any size; large images go in overlapping tiles (overlap = "
-                     "the network's receptive radius, so tiles are seam-free).")
+                     "the network's receptive radius, so tiles are seam-free). Images are "
+                     "padded to a few size buckets, the padding masked, so a folder of many "
+                     "sizes compiles one program per bucket; outputs are the unpadded ones.")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR")
   p.add_argument("input", metavar="IN", help="an image, or a folder of them")
   p.add_argument("output", metavar="OUT.png",

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.core import layers
+from jaxvision.core import buckets, layers
 from jaxvision.core.registry import register_model
 from jaxvision.superres.resize import contributions
 
@@ -100,20 +100,64 @@ class Upsampler(nn.Module):
     return x
 
 
+def _bicubic_matrix(n: int, scale: int) -> np.ndarray:
+  """The (n*scale, n) float32 matrix of MATLAB bicubic x`scale` (symmetric borders), summed
+  in float64 as the index/weight tables give it."""
+  w, idx = contributions(n, n * scale, float(scale))
+  m = np.zeros((n * scale, n), np.float64)
+  np.add.at(m, (np.repeat(np.arange(n * scale), w.shape[1]), idx.ravel()), w.ravel())
+  return m.astype(np.float32)
+
+
+# The matrix of a size-n axis inside a bigger bucket: rows of input pixels < n - _EDGE_ROWS
+# do not reach the bottom border (4 taps, at most 2 pixels away) and are the bucket's own;
+# the last _EDGE_ROWS input pixels' rows, over the last _EDGE_COLS columns, are the same
+# block for every n >= _SMALL (mirroring at the bottom border only); smaller n: a table.
+_EDGE_ROWS, _EDGE_COLS, _SMALL = 4, 8, 12
+
+
+def _bicubic_matrix_region(n, big: int, scale: int):
+  """`_bicubic_matrix(n, scale)` zero-padded to (big*scale, big) for a traced size n <= big
+  (an image in a shape bucket): the same float32 entries, so the same products."""
+  import jax
+
+  s = scale
+  if big < 2 * _SMALL:  # small buckets: the matrix of every size, picked by n
+    table = np.zeros((big + 1, big * s, big), np.float32)
+    for k in range(1, big + 1):
+      table[k, :k * s, :k] = _bicubic_matrix(k, s)
+    return jnp.asarray(table)[jnp.clip(n, 0, big)]
+  rows = jnp.arange(big * s)[:, None]
+  r0 = (n - _EDGE_ROWS) * s
+  block = _bicubic_matrix(_SMALL, s)[(_SMALL - _EDGE_ROWS) * s:, _SMALL - _EDGE_COLS:]
+  edge = jax.lax.dynamic_update_slice(jnp.zeros((big * s, big), jnp.float32),
+                                      jnp.asarray(block), (r0, n - _EDGE_COLS))
+  general = jnp.where(rows < r0, jnp.asarray(_bicubic_matrix(big, s)), edge)
+  table = np.zeros((_SMALL, _SMALL * s, _SMALL), np.float32)
+  for k in range(1, _SMALL):
+    table[k, :k * s, :k] = _bicubic_matrix(k, s)
+  small = jnp.pad(jnp.asarray(table)[jnp.clip(n, 0, _SMALL - 1)],
+                  ((0, (big - _SMALL) * s), (0, big - _SMALL)))
+  return jnp.where(n < _SMALL, small, general)
+
+
 def bicubic_upscale(x: jnp.ndarray, scale: int) -> jnp.ndarray:
   """MATLAB-style bicubic x`scale` upscaling of NHWC `x` (symmetric borders), as two
   matrix products with the index/weight tables of jaxvision.superres.resize.contributions
-  (built at trace time for the static input size). Local: 2 pixels of context."""
+  (built at trace time for the static input size). Local: 2 pixels of context.
 
-  def matrix(n):
-    w, idx = contributions(n, n * scale, float(scale))
-    m = np.zeros((n * scale, n), np.float64)
-    np.add.at(m, (np.repeat(np.arange(n * scale), w.shape[1]), idx.ravel()), w.ravel())
-    return jnp.asarray(m, jnp.float32)
+  Inside a shape bucket (jaxvision.core.buckets) the borders mirror at the image's valid
+  size, not at the bucket's: the matrices are built for the traced size."""
+  valid = buckets.valid_size(x)
+
+  def matrix(axis):
+    if valid is None:
+      return jnp.asarray(_bicubic_matrix(x.shape[axis], scale))
+    return _bicubic_matrix_region(valid[axis - 1], x.shape[axis], scale)
 
   x = x.astype(jnp.float32)
-  y = jnp.einsum("oh,nhwc->nowc", matrix(x.shape[1]), x, precision="highest")
-  return jnp.einsum("pw,nowc->nopc", matrix(x.shape[2]), y, precision="highest")
+  y = jnp.einsum("oh,nhwc->nowc", matrix(1), x, precision="highest")
+  return jnp.einsum("pw,nowc->nopc", matrix(2), y, precision="highest")
 
 
 # ---------------------------------------------------------------- ESPCN
@@ -203,6 +247,7 @@ class WNConv(nn.Module):
     g = self.param("g", lambda _: norm(v))
     b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     w = v * (g / jnp.maximum(norm(v), 1e-12))
+    x = buckets.apply_mask(x)  # no nn.Conv: zero the padding of a shape bucket here
     y = layers.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), (1, 1), "SAME",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + b.astype(self.dtype)

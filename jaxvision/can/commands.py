@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from jaxvision.core.errors import UserError
+from jaxvision.core.inputs import positive_float, positive_int
 from jaxvision.core.registry import register_commands
 
 
@@ -74,9 +75,9 @@ def add(sub) -> None:
                  help="input image (any format Pillow reads), or a folder of them")
   p.add_argument("--output", required=True, metavar="OUT.png",
                  help="output PNG; a folder (existing or new) when --input is a folder")
-  p.add_argument("--tile", type=int, default=None,
+  p.add_argument("--tile", type=positive_int, default=None,
                  help="output pixels per tile side (default: from --max-pixels)")
-  p.add_argument("--max-pixels", type=float, default=4e6,
+  p.add_argument("--max-pixels", type=positive_float, default=4e6,
                  help="largest window the network sees at once (default 4e6); bounds memory")
   p.set_defaults(func=enhance)
   sub.add_parser("operators", help="list image operators").set_defaults(func=list_operators)

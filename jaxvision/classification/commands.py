@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxvision.core.inputs import positive_int
 from jaxvision.core.registry import register_commands
 
 TOPK = 5
@@ -86,7 +87,7 @@ def add(sub) -> None:
                      "classifier", description="Prints the 5 most likely classes per image.")
   p.add_argument("--checkpoint", required=True, metavar="WORKDIR",
                  help="workdir of a configs/classify.py run or of `jaxvision convert`")
-  p.add_argument("--size", type=int, default=None,
+  p.add_argument("--size", type=positive_int, default=None,
                  help="input side (default: the training image_size, 224 for converted weights)")
   p.add_argument("inputs", nargs="+", metavar="IN", help="image files, or folders of them")
   p.set_defaults(func=classify)

@@ -8,6 +8,8 @@
   for_each(items, fn, command=...)     the loop: a progress bar, one line per failure
   progress(total)                      the bar alone, for a loop of another shape
   say(line)                            a result line on stdout that keeps the bar intact
+  positive_int, positive_float,        argparse types for numeric flags: a zero, negative,
+  nonnegative_int, nonnegative_float   NaN or infinite value is argparse's one error line
 
 Why one module: `enhance`, `compress`, `decompress`, `upscale`, `stylize`, `classify` and
 `detect-faces` all run over a user's folder of photos the same way. A folder is not read
@@ -28,6 +30,29 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from jaxvision.core.errors import DataError, UserError, first_line
+
+
+def _number(kind, lowest: float, strict: bool, what: str):
+  import argparse
+  import math
+
+  def parse(text: str):
+    try:
+      v = kind(text)
+    except (TypeError, ValueError):
+      raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(v) or (v <= lowest if strict else v < lowest):
+      raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+    return v
+
+  parse.__name__ = what  # argparse names the type in its messages
+  return parse
+
+
+positive_int = _number(int, 0, True, "a positive integer")
+nonnegative_int = _number(int, 0, False, "a non-negative integer")
+positive_float = _number(float, 0.0, True, "a positive number")
+nonnegative_float = _number(float, 0.0, False, "a non-negative number")
 from jaxvision.core.io import IMAGE_EXTENSIONS
 
 # A progress bar for more inputs than this (a handful of lines needs none).

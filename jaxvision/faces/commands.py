@@ -12,6 +12,7 @@ import os
 import time
 
 from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.inputs import positive_int
 from jaxvision.core.registry import register_commands
 
 
@@ -122,7 +123,7 @@ def add_commands(sub) -> None:
   p.add_argument("--weights", default="auto",
                  help="MTCNN weights: auto (default), mtcnn, facenet-pytorch, or a folder/file "
                  "of .pt/.npz/.safetensors")
-  p.add_argument("--batch", type=int, default=8,
+  p.add_argument("--batch", type=positive_int, default=8,
                  help="images run together (default 8; MTCNN: at most one per CPU core, any "
                  "sizes; Cascade CNN: a batch of one size)")
   p.set_defaults(func=detect_faces_cmd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.inputs import nonnegative_float, nonnegative_int, positive_float, positive_int
 from jaxvision.core.registry import register_commands
 
 
@@ -136,16 +137,16 @@ def add(sub) -> None:
                  help="VGG weights: torchvision .pth, Keras .h5 or a converted workdir "
                  "(default: random weights, with a warning)")
   p.add_argument("--arch", default="vgg16", choices=("vgg16", "vgg19"))
-  p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+  p.add_argument("--steps", type=positive_int, default=100, help="optimisation steps (default 100)")
   p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"))
-  p.add_argument("--learning-rate", type=float, default=0.02, help="Adam step size")
-  p.add_argument("--content-weight", type=float, default=1.0)
-  p.add_argument("--style-weight", type=float, default=1e5)
-  p.add_argument("--tv-weight", type=float, default=1.0)
-  p.add_argument("--style-size", type=int, default=512, help="style image long side")
-  p.add_argument("--max-side", type=int, default=0,
+  p.add_argument("--learning-rate", type=positive_float, default=0.02, help="Adam step size")
+  p.add_argument("--content-weight", type=nonnegative_float, default=1.0)
+  p.add_argument("--style-weight", type=nonnegative_float, default=1e5)
+  p.add_argument("--tv-weight", type=nonnegative_float, default=1.0)
+  p.add_argument("--style-size", type=positive_int, default=512, help="style image long side")
+  p.add_argument("--max-side", type=nonnegative_int, default=0,
                  help="resize the input so its long side is at most this (0: as is)")
-  p.add_argument("--seed", type=int, default=0, help="noise seed (texture networks)")
+  p.add_argument("--seed", type=nonnegative_int, default=0, help="noise seed (texture networks)")
   p.add_argument("input", metavar="IN", help="an image, or a folder of them")
   p.add_argument("output", metavar="OUT.png",
                  help="the PNG; a folder (existing or new) when IN is a folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from jaxvision.core.errors import UserError, first_line
+from jaxvision.core.inputs import nonnegative_int, positive_int
 from jaxvision.core.registry import register_commands
 
 
@@ -94,9 +95,9 @@ def add(sub) -> None:
   p.add_argument("input", metavar="IN", help="an image, or a folder of them")
   p.add_argument("output", metavar="OUT.png",
                  help="the PNG; a folder (existing or new) when IN is a folder")
-  p.add_argument("--tile", type=int, default=None,
+  p.add_argument("--tile", type=positive_int, default=None,
                  help="tile size in input pixels (default: whole image up to --max-pixels)")
-  p.add_argument("--max-pixels", type=int, default=1 << 20,
+  p.add_argument("--max-pixels", type=positive_int, default=1 << 20,
                  help="input pixels processed at once when --tile is not given")
   p.set_defaults(func=upscale_command)
 
@@ -105,8 +106,8 @@ def add(sub) -> None:
   p.add_argument("--dataset", default="photos", help="photos, folder:/path or a TFDS name")
   p.add_argument("--split", default="test")
   p.add_argument("--data-dir", default="")
-  p.add_argument("--max-images", type=int, default=0)
-  p.add_argument("--tile", type=int, default=None)
+  p.add_argument("--max-images", type=nonnegative_int, default=0)
+  p.add_argument("--tile", type=positive_int, default=None)
   p.add_argument("--json", default="", help="also write the results to this JSON file")
   p.set_defaults(func=sr_eval_command)
 

@@ -1,0 +1,178 @@
+"""Bad input against every command (issue 13): non-zero exit, no traceback, one clear line
+naming the thing at fault, and no output left behind.
+
+The matrix: inputs that are missing, a folder with no image, empty, text, truncated, a
+decompression-bomb header; checkpoints that are missing, empty, with a damaged config.json,
+or of another family; outputs that are a folder or cannot be created; numeric flags that are
+zero, negative or NaN. Each command gets a tiny valid workdir (random weights), so that only
+the one bad thing differs from a good run.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxvision import cli
+
+
+def _png_header_only(path, w, h):
+  """A valid PNG signature and IHDR declaring w x h, with a tiny IDAT: a bomb's header."""
+  def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Good inputs, bad inputs and tiny workdirs of every family."""
+  from jaxvision import families
+  from jaxvision.core import weights
+  from jaxvision.core.registry import create_model
+  families.load("models")
+  d = tmp_path_factory.mktemp("bad")
+  e = {"dir": d}
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (24, 32, 3), np.uint8)).save(d / "good.png")
+  e["good"] = str(d / "good.png")
+  data = open(e["good"], "rb").read()
+  (d / "truncated.png").write_bytes(data[:len(data) // 2])
+  (d / "empty.png").write_bytes(b"")
+  (d / "text.png").write_text("not an image\n")
+  _png_header_only(d / "bomb.png", 100000, 100000)
+  (d / "noimages").mkdir()
+  (d / "noimages" / "notes.txt").write_text("x")
+  (d / "emptywd").mkdir()
+  e["inputs"] = {k: str(d / f) for k, f in (
+      ("missing", "missing.png"), ("no images", "noimages"), ("empty", "empty.png"),
+      ("text", "text.png"), ("truncated", "truncated.png"), ("bomb", "bomb.png"))}
+
+  def save(name, model_name, kwargs, task, shape, extra=None):
+    m = create_model(model_name, **kwargs)
+    shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros(shape)))
+    v = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+    wd = str(d / name)
+    weights.save_workdir(wd, v, task=task, model_name=model_name, model_kwargs=kwargs,
+                         extra_config=extra or {})
+    return wd
+
+  e["wd"] = {
+      "can": save("can", "can", {"width": 4, "depth": 3}, "image_to_image", (1, 16, 16, 3)),
+      "sr": save("sr", "espcn", {"scale": 2, "features": (8, 4)}, "super_resolution",
+                 (1, 8, 8, 3)),
+      "style": save("style", "johnson", {"width": 4, "num_residual": 1}, "style_transfer",
+                    (1, 16, 16, 3), {"style": {"image": "random"}}),
+      "cls": save("cls", "resnet18", {"num_classes": 3, "width": 8, "layers": (1, 1, 1, 1)},
+                  "classification", (1, 32, 32, 3), {"data": {"image_size": 32}}),
+  }
+  damaged = d / "damaged"
+  damaged.mkdir()
+  for f in os.listdir(e["wd"]["can"]):
+    src = os.path.join(e["wd"]["can"], f)
+    if os.path.isfile(src):
+      (damaged / f).write_bytes(open(src, "rb").read())
+  (damaged / "config.json").write_text('{"model": {"name": "can", ')  # cut short
+  e["bad_wd"] = {"missing": str(d / "nowd"), "empty": str(d / "emptywd"),
+                 "damaged config": str(damaged)}
+  return e
+
+
+# command -> (argv builder (workdir, input, output) -> argv, its workdir key, output name,
+#             a workdir of another family)
+COMMANDS = {
+    "enhance": (lambda wd, i, o: ["enhance", "--checkpoint", wd, "--input", i, "--output", o],
+                "can", "out.png", "sr"),
+    "upscale": (lambda wd, i, o: ["upscale", "--checkpoint", wd, i, o], "sr", "out.png", "can"),
+    "stylize": (lambda wd, i, o: ["stylize", "--checkpoint", wd, i, o], "style", "out.png",
+                "can"),
+    "classify": (lambda wd, i, o: ["classify", "--checkpoint", wd, i], "cls", None, "can"),
+    "detect-faces": (lambda wd, i, o: ["detect-faces", i, "--json", o, "--checkpoint", wd],
+                     None, "out.json", "can"),
+}
+
+
+def _check(capsys, argv, out=None, name=None):
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's own refusal (a flag of the wrong type): usage + a line
+    code = e.code
+  cap = capsys.readouterr()
+  err = [l for l in cap.err.strip().splitlines() if l.strip()]
+  if code == 2 and err and err[0].startswith("usage:"):
+    err = [l for l in err if l.startswith("jaxvision ")]
+  assert code != 0, (argv, cap.out, cap.err)
+  assert "Traceback" not in cap.err, cap.err
+  assert err and len(err) <= 2, err  # ours: one line (two: a folder's summary follows)
+  assert err[0].startswith(f"jaxvision {argv[0]}: error:"), err
+  if name:
+    assert name in err[0], (name, err)
+  if out:
+    assert not os.path.exists(out), out
+    left = [f for f in os.listdir(os.path.dirname(out)) if f.endswith(".tmp")]
+    assert not left, left
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("bad", ["missing", "no images", "empty", "text", "truncated", "bomb"])
+def test_bad_input_file(env, capsys, tmp_path, command, bad):
+  argv, wd, out_name, _ = COMMANDS[command]
+  out = str(tmp_path / out_name) if out_name else None
+  workdir = env["wd"][wd] if wd else None
+  args = argv(workdir, env["inputs"][bad], out)
+  if workdir is None:  # detect-faces: the default MTCNN, no checkpoint
+    args = args[:-2]
+  _check(capsys, args, out, os.path.basename(env["inputs"][bad]))
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if COMMANDS[c][1]])
+@pytest.mark.parametrize("bad", ["missing", "empty", "damaged config", "other family"])
+def test_bad_checkpoint(env, capsys, tmp_path, command, bad):
+  argv, _, out_name, other = COMMANDS[command]
+  wd = env["wd"][other] if bad == "other family" else env["bad_wd"][bad]
+  out = str(tmp_path / out_name) if out_name else None
+  _check(capsys, argv(wd, env["good"], out), out, os.path.basename(wd))
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if COMMANDS[c][2]])
+@pytest.mark.parametrize("bad", ["folder", "cannot create"])
+def test_bad_output(env, capsys, tmp_path, command, bad):
+  argv, wd, out_name, _ = COMMANDS[command]
+  blocker = tmp_path / "a_file"
+  blocker.write_bytes(b"")
+  if bad == "folder":
+    out = tmp_path / out_name
+    out.mkdir()
+  else:
+    out = blocker / out_name  # under a file: no folder can be made there
+  workdir = env["wd"][wd] if wd else env["wd"]["can"]
+  args = argv(workdir, env["good"], str(out))
+  if wd is None:
+    args = args[:-2]
+  _check(capsys, args, None, str(out))
+  assert sorted(os.listdir(tmp_path)) == sorted(["a_file"] + ([out_name] if bad == "folder"
+                                                              else []))
+
+
+@pytest.mark.parametrize("argv", [
+    ["enhance", "--tile", "0"], ["enhance", "--tile", "-5"], ["enhance", "--max-pixels", "0"],
+    ["upscale", "--tile", "0"], ["upscale", "--max-pixels", "-1"],
+    ["detect-faces", "--batch", "0"], ["detect-faces", "--batch", "-2"],
+    ["enhance", "--max-pixels", "nan"], ["upscale", "--max-pixels", "nan"],
+    ["detect-faces", "--batch", "nan"],
+])
+def test_bad_numbers(env, capsys, tmp_path, argv):
+  command, flags = argv[0], argv[1:]
+  build, wd, out_name, _ = COMMANDS[command]
+  out = str(tmp_path / out_name)
+  args = build(env["wd"][wd] if wd else None, env["good"], out)
+  if wd is None:
+    args = args[:-2]
+  _check(capsys, args + flags, out, flags[0])

@@ -245,6 +245,7 @@ def _torch_resnet(sd, x, layers, bottleneck, groups, se):
   return F.linear(y.mean((2, 3)), sd["fc.weight"], sd["fc.bias"])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name,width", [("se_resnet18", 8), ("se_resnext50_32x4d", 16)])
 def test_forward_parity_with_torch_functional(name, width):
   torch = pytest.importorskip("torch")

@@ -88,6 +88,7 @@ def test_inverse_map_round_trip(name, tmp_path):
     weights.convert(name, sd, quality=3)  # zoo N, M differ from the file's
 
 
+@pytest.mark.parity
 def test_deconv_flip_matches_torch():
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(0)
@@ -112,6 +113,7 @@ _CLASSES = {"bmshj2018-factorized": "FactorizedPrior", "bmshj2018-hyperprior": "
 
 # Two models cover every layer kind (GDN/IGDN, deconvs, entropy bottleneck, h_a/h_s,
 # masked context, entropy parameters); the others only re-combine them.
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "mbt2018"])
 def test_real_compressai_state_dict_and_forward(name):
   cm = _import_compressai()

@@ -109,6 +109,7 @@ def test_convert_cli_then_load_descriptor(tmp_path, capsys):
   assert fn2(x)["relu2_2"].shape == (1, 10, 10, 8)
 
 
+@pytest.mark.parity
 def test_forward_parity_with_torch():
   torch = pytest.importorskip("torch")
   F = torch.nn.functional

@@ -147,6 +147,7 @@ def _to_torch_layout(net, keras):
   return sd
 
 
+@pytest.mark.parity
 def test_onet_torch_layout_matches_torch_computation(keras_arrays):
   """facenet-pytorch's O-Net computed with torch (NCHW, permute(0, 3, 2, 1) before the
   dense layer) equals ours with the converted state dict."""

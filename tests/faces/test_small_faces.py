@@ -24,6 +24,7 @@ FACENET = os.path.join(ROOT, "benchmarks", "peers", "facenet_detect.py")
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.parity,
     pytest.mark.skipif(not os.path.exists(PEER_PY),
                        reason="no peer venv with facenet-pytorch (bash benchmarks/peers/setup.sh)"),
 ]

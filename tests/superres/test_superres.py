@@ -189,6 +189,7 @@ def _edsr_state_dict(n_blocks, f, scale, rng):
   return sd
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("scale", [3, 4])
 def test_edsr_converter_maps_every_key_and_matches_torch(scale):
   rng = np.random.default_rng(4)

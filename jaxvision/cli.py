@@ -110,6 +110,7 @@ def _add_common_flags(sub) -> None:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  jv_compile.use_cpu_cores()  # before JAX starts: a CPU device per core (detect-faces)
   # Before anything compiles: a second run on the same sizes then compiles nothing.
   jv_compile.enable_compile_cache(not args.no_compile_cache)
   from absl import logging as absl_logging

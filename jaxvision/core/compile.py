@@ -4,6 +4,7 @@
                                compilation, as `jaxvision` and `python -m train` do
   compile_cache_dir()          where it goes: None when switched off
   count_compiles()             context manager counting real XLA compilations (tests)
+  use_cpu_cores()              one XLA CPU device per core for the `jaxvision` commands
 
 Why: on a user's photos most of the wall time of a command is XLA compiling programs that
 the previous run already compiled (the same model on the same image size). JAX can keep
@@ -116,6 +117,34 @@ def enable_compile_cache(enabled: bool = True, environ=None) -> str | None:
     jax_cc.reset_cache()
   _enabled_dir = path
   return path
+
+
+CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def use_cpu_cores(environ=None, cores: int | None = None) -> int | None:
+  """Asks XLA for one CPU device per core (at most 8) -> the count set, or None.
+
+  XLA:CPU runs the programs of one device one after another, most of them on one core, so
+  a command that works on several images at once (MTCNN's `detect-faces`) keeps the other
+  cores idle; with a device per core it runs one image per device. Programs that are not
+  spread over devices still run on the first, as before. Nothing is changed when XLA_FLAGS
+  already sets a device count (the user's choice), on a machine with one core, or once the
+  backend has started (the flag is read then: call this before anything runs on JAX)."""
+  env = os.environ if environ is None else environ
+  flags = env.get("XLA_FLAGS", "")
+  n = min(8, cores if cores is not None else (os.cpu_count() or 1))
+  if CPU_DEVICES_FLAG in flags or n <= 1:
+    return None
+  if "jax" in sys.modules:
+    try:
+      from jax._src import xla_bridge
+      if xla_bridge.backends_are_initialized():
+        return None
+    except (ImportError, AttributeError):  # a jax without that helper: leave it
+      return None
+  env["XLA_FLAGS"] = f"{flags} {CPU_DEVICES_FLAG}={n}".strip()
+  return n
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import queue
 import threading
 from typing import Any
 
@@ -150,6 +151,15 @@ PNET_STRIDE = PNET_TILE - 10     # tiles overlap by P-Net's 12-pixel window less
 TILE_BATCHES = (4, 1)            # tiles per P-Net call: as many 4s as fit, then 1s
 CROP_BATCHES = {"rnet": (512, 64), "onet": (128, 16)}  # crops per call, likewise (last padded)
 CROP_SIZES = {"rnet": 24, "onet": 48}
+
+
+def _devices() -> list:
+  """The devices MTCNN spreads images over: every local CPU device when the default backend
+  is the CPU (one per core under `jaxvision`, see core.compile.use_cpu_cores), else the
+  first accelerator (one device keeps a GPU busy)."""
+  if jax.default_backend() == "cpu":
+    return jax.local_devices(backend="cpu")
+  return jax.local_devices()[:1]
 
 
 def _threads() -> int:
@@ -385,7 +395,8 @@ class FaceDetector:
     self._fn = jax.jit(self._run)
     if config.kind == "mtcnn":
       self._programs = _mtcnn_programs(self._modules)
-      self._compiled: dict[tuple[str, int], Any] = {}
+      self._compiled: dict[tuple[str, int, int], Any] = {}
+      self._placed: dict[int, dict] = {}  # device index -> the variables on that device
       self._compile_lock = threading.Lock()
 
   def _run(self, variables, images):
@@ -396,37 +407,49 @@ class FaceDetector:
     return jax.vmap(lambda s: _cascade_one(nets, s, h, w, self.config))(sats)
 
   # ------------------------------------------------------------ MTCNN (section comment above)
-  def _program_inputs(self, name: str, batch: int):
-    """Shapes of one call of program `name` on `batch` items."""
+  def _program_inputs(self, name: str, batch: int, device):
+    """Shapes of one call of program `name` on `batch` items, on `device`."""
     f32 = jnp.float32
+    at = jax.sharding.SingleDeviceSharding(device)
     if name == "pnet":
       t = PNET_TILE
-      return (jax.ShapeDtypeStruct((batch, t, t, 3), f32),
-              jax.ShapeDtypeStruct((batch, t - 2, t - 2), jnp.bool_))
+      return (jax.ShapeDtypeStruct((batch, t, t, 3), f32, sharding=at),
+              jax.ShapeDtypeStruct((batch, t - 2, t - 2), jnp.bool_, sharding=at))
     size = CROP_SIZES[name]
-    return (jax.ShapeDtypeStruct((batch, size, size, 3), f32),)
+    return (jax.ShapeDtypeStruct((batch, size, size, 3), f32, sharding=at),)
 
-  def compile(self) -> None:
-    """Compiles (or loads from the persistent cache) the six MTCNN programs, two at a time.
+  def _on(self, k: int) -> dict:
+    """The variables on device k (placed once)."""
+    if k not in self._placed:
+      self._placed[k] = jax.device_put(self.variables, _devices()[k])
+    return self._placed[k]
+
+  def compile(self, devices: int = 1) -> None:
+    """Compiles (or loads from the persistent cache) the six MTCNN programs for the first
+    `devices` devices, as many at a time as there are cores.
 
     Called by the first detection; call it earlier to take compilation out of a timing."""
     with self._compile_lock:
-      todo = [(name, b) for name in self._programs
+      todo = [(name, b, k) for k in range(min(devices, len(_devices())))
+              for name in self._programs
               for b in (TILE_BATCHES if name == "pnet" else CROP_BATCHES[name])
-              if (name, b) not in self._compiled]
+              if (name, b, k) not in self._compiled]
       if not todo:
         return
 
       def one(key):
-        name, b = key
+        name, b, k = key
         return key, jax.jit(self._programs[name]).lower(
-            self.variables[name], *self._program_inputs(name, b)).compile()
+            self._on(k)[name], *self._program_inputs(name, b, _devices()[k])).compile()
 
+      for k in {k for _, _, k in todo}:
+        self._on(k)
       with concurrent.futures.ThreadPoolExecutor(min(len(todo), _threads())) as pool:
         self._compiled.update(pool.map(one, todo))
 
-  def _net(self, name: str, arrays: tuple, jit: bool) -> dict[str, np.ndarray]:
-    """Program `name` over n items (arrays with leading dim n), in fixed-size calls."""
+  def _net(self, name: str, arrays: tuple, jit: bool, k: int = 0) -> dict[str, np.ndarray]:
+    """Program `name` over n items (arrays with leading dim n), in fixed-size calls, on
+    device k."""
     n = len(arrays[0])
     parts = []
     for at, count, b in _chunks(n, TILE_BATCHES if name == "pnet" else CROP_BATCHES[name]):
@@ -436,12 +459,16 @@ class FaceDetector:
         if count < b:
           x = np.concatenate([x, np.zeros((b - count,) + x.shape[1:], x.dtype)])
         batch.append(x)
-      fn = self._compiled[(name, b)] if jit else self._programs[name]
-      out = fn(self.variables[name], *batch)
+      if jit:
+        dev = _devices()[k]
+        out = self._compiled[(name, b, k)](self._on(k)[name],
+                                           *(jax.device_put(x, dev) for x in batch))
+      else:
+        out = self._programs[name](self.variables[name], *batch)
       parts.append({k: np.asarray(v)[:count] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def _mtcnn_one(self, image: np.ndarray, jit: bool):
+  def _mtcnn_one(self, image: np.ndarray, jit: bool, k: int = 0):
     """One image through the cascade -> boxes (N, 4), scores (N,), landmarks (N, 5, 2),
     best first; every face the cascade keeps (no buffer caps the count)."""
     cfg = self.config
@@ -451,7 +478,7 @@ class FaceDetector:
     if pyr.canvas is None:
       return boxes, scores, lms
     at, tiles, masks = _tiles(pyr)
-    out = self._net("pnet", (tiles, masks), jit)
+    out = self._net("pnet", (tiles, masks), jit, k)
     c = PNET_STRIDE // 2  # output cells per tile side
     hc, wc = pyr.canvas.shape[:2]
     prob = np.zeros((out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), np.float32)
@@ -465,19 +492,32 @@ class FaceDetector:
       if stage not in self.variables or not len(boxes):
         break
       regions, _ = crop_regions(boxes, pyr.h, pyr.w)
-      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit)
+      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit, k)
       boxes, scores, lms = _later_stage(stage, pyr, boxes, scores, out, cfg)
     return boxes, scores, lms
 
   def _mtcnn_map(self, images, jit: bool, threads: int | None = None):
-    """Yields `_mtcnn_one` of each image, in order, several images at once."""
-    if jit:
-      self.compile()
-    run = lambda im: self._mtcnn_one(as_rgb_batch(im)[0], jit)
+    """Yields `_mtcnn_one` of each image, in order, several images at once: each worker
+    thread holds a device of its own while it runs an image (XLA runs the programs of one
+    device one after the other; on a CPU, `jaxvision` makes one device per core)."""
     n = min(len(images), threads or _threads())
     if not jit or n <= 1:
-      yield from map(run, images)
+      if jit:
+        self.compile(1)
+      yield from (self._mtcnn_one(as_rgb_batch(im)[0], jit) for im in images)
       return
+    self.compile(n)
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for k in range(n):
+      free.put(k % len(_devices()))
+
+    def run(im):
+      k = free.get()
+      try:
+        return self._mtcnn_one(as_rgb_batch(im)[0], jit, k)
+      finally:
+        free.put(k)
+
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
       yield from pool.map(run, images)
 

@@ -135,3 +135,19 @@ def test_trainer_has_the_absl_flag():
                      capture_output=True, text=True, timeout=300,
                      env={**os.environ, "PYTHONPATH": ROOT})
   assert "--[no]no_compile_cache" in p.stdout + p.stderr
+
+
+def test_use_cpu_cores_sets_a_device_per_core_unless_the_user_did():
+  env = {}
+  assert jv_compile.use_cpu_cores(env, cores=4) is None  # JAX is running in this process
+  import unittest.mock as mock
+  with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False):
+    env = {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}
+    assert jv_compile.use_cpu_cores(env, cores=4) == 4
+    assert env["XLA_FLAGS"] == ("--xla_cpu_use_onednn=true "
+                                "--xla_force_host_platform_device_count=4")
+    mine = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    assert jv_compile.use_cpu_cores(mine, cores=4) is None and mine["XLA_FLAGS"].endswith("=3")
+    assert jv_compile.use_cpu_cores({}, cores=1) is None
+    capped = {}
+    assert jv_compile.use_cpu_cores(capped, cores=64) == 8

@@ -74,3 +74,34 @@ def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, monkeypatch, 
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "cannot create the --draw folder" in err[0]
   assert not out.exists() and det.seen == []  # refused before detecting or writing
+
+
+def test_a_device_per_core_gives_the_same_faces(tmp_path):
+  """`jaxvision detect-faces` in its own process (one XLA CPU device per core, an image per
+  device) finds what the detector finds in this process (one device)."""
+  import subprocess
+  import sys
+
+  import numpy as np
+  from PIL import Image
+
+  from tests.conftest import ROOT
+  from tests.faces import reference
+  photos = reference.photos()
+  paths = []
+  for name in ("astronaut", "lfw_mosaic", "camera"):
+    paths.append(str(tmp_path / f"{name}.png"))
+    Image.fromarray(photos[name]).save(paths[-1])
+  out = tmp_path / "faces.json"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  p = subprocess.run([sys.executable, "-m", "jaxvision.cli", "detect-faces", *paths, "--json",
+                      str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert p.returncode == 0, p.stderr[-2000:]
+  got = json.loads(out.read_text())
+  det = detector.mtcnn_detector()
+  for path in paths:
+    want = det.detect(np.asarray(Image.open(path).convert("RGB")))[0]
+    assert len(got[path]) == len(want) > 0
+    for g, w in zip(got[path], want):
+      np.testing.assert_allclose(g["box"], w["box"], atol=1e-4)
+      np.testing.assert_allclose(g["score"], w["score"], atol=1e-6)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Dev-only peer venv for comparing jaxvision's MTCNN with facenet-pytorch (benchmarks and
-# tests/faces/test_small_faces.py). Never a runtime dependency of jaxvision.
+# tests/faces/test_small_faces.py) and its codecs with CompressAI (benchmarks/compression.py,
+# tests/compression/test_compress_convert.py). Never a runtime dependency of jaxvision.
 #
-#   bash benchmarks/peers/setup.sh            # creates or completes /work/main/.venv-peers
+#   bash benchmarks/peers/setup.sh            # creates or completes <repo>/.venv-peers
 #   PEERS_VENV=/some/dir bash benchmarks/peers/setup.sh
 #
 # What it installs (idempotent: re-running checks and skips what is already there):
@@ -15,7 +16,11 @@
 #   - instead of torchvision, benchmarks/peers/torchvision_standin/ on the path through a
 #     .pth file: pure-torch `ops.boxes.nms/batched_nms` (torchvision's CPU kernel, step for
 #     step) and `transforms.functional.to_tensor` — all facenet-pytorch imports from it
-# Then it checks: MTCNN(keep_all=True).detect on a small image runs.
+#   - compressai with --no-deps (its pins, numpy<2 and torchvision, do not fit; its image
+#     models and C++ rANS need neither), plus what it imports at top level: scipy, einops,
+#     pytorch-msssim (--no-deps: its only dep is torch), pandas, matplotlib, torch-geometric
+# Then it checks: MTCNN(keep_all=True).detect on a small image runs, and a CompressAI
+# hyperprior codes and decodes a small image after update().
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +55,11 @@ if torch.version.cuda is not None or torch.version.hip is not None:
   sys.exit(f"torch {torch.__version__} is a CUDA build; remove {sys.prefix} and re-run")
 PY
 have facenet-pytorch || "${PIP[@]}" install --no-deps facenet-pytorch
+have compressai || "${PIP[@]}" install --no-deps compressai
+have pytorch-msssim || "${PIP[@]}" install --no-deps pytorch-msssim
+for dep in scipy einops pandas matplotlib torch-geometric; do
+  have "$dep" || "${PIP[@]}" install "$dep"
+done
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$HERE/torchvision_standin" > "$SITE/jaxvision_torchvision_standin.pth"
@@ -63,4 +73,16 @@ boxes, probs, points = MTCNN(keep_all=True, device="cpu").detect(
     np.full((64, 80, 3), 128, np.uint8), landmarks=True)
 print(f"peer venv ok: torch {torch.__version__}, facenet-pytorch {version('facenet-pytorch')}, "
       f"numpy {np.__version__}, torchvision stand-in at {torchvision.__file__}")
+PY
+"$VENV/bin/python" - <<'PY'
+import torch
+from importlib.metadata import version
+import compressai.models as cm
+net = cm.ScaleHyperprior(8, 12).eval()
+net.update(force=True)
+with torch.no_grad():
+  out = net.compress(torch.rand(1, 3, 64, 64))
+  x = net.decompress(out["strings"], out["shape"])["x_hat"]
+assert x.shape == (1, 3, 64, 64), x.shape
+print(f"peer venv ok: compressai {version('compressai')}")
 PY

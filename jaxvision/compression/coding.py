@@ -37,10 +37,14 @@ instead run a float optimisation loop with ``log1p``, which we avoid.
 Determinism of the CDF choice across machines: every value that selects a CDF is an
 integer computed exactly. At coding time h_s (hyperpriors) and mbt2018's context
 step (masked 5x5 conv + entropy-parameter 1x1 convs) run as fixed-point integer
-networks on the host (`fixed_point_nets`, the `fx_*` helpers of layers.py: integer
-weights, rounded integer activations, exact int64 or provably exact float64
-matmuls), and the scale index is an integer comparison with fixed-point table
-midpoints. Means are fixed point too: mbt2018's y_hat = s + μ is the integer
+networks (`fixed_point_nets`, the `fx_*` helpers of layers.py: integer weights,
+rounded integer activations): h_s on the device in exact int8-digit arithmetic
+(fxdevice.py) where its ranges hold, else on the host (`hyper_fixed`: exact int64 or
+provably exact float64 matmuls), the context step on the host; the scale index is an
+integer comparison with fixed-point table midpoints.
+
+Shapes: `compress` / `decompress` run one program per bucket (see "bucketed device
+programs" below), not one per image size; the files are those of the unbucketed coder. Means are fixed point too: mbt2018's y_hat = s + μ is the integer
 s·2^12 + μ_fx, so the serial encoder and decoder see identical integer windows on
 any machine. Training and `estimate_bits` stay float; the jitted float methods
 `_hyper_decode` / `_ar_step` of the models remain as references for tests.
@@ -56,15 +60,18 @@ import constriction
 import jax
 import numpy as np
 
+from jaxvision.compression import fxdevice, programs
 from jaxvision.compression.layers import (
     ACT_FRAC, CdfTables, FxConv, FxDense, GaussianConditional, causal_mask, fx_conv,
     fx_conv_apply, fx_dense, fx_leaky, fx_matmul, fx_quantize, fx_relu, fx_rescale)
 from jaxvision.compression.models import (
     STRIDE, MeanScaleHyperprior, is_autoregressive, is_hyperprior)
+from jaxvision.core import buckets
 
 __all__ = ["encode", "decode", "encode_sequence", "SequenceDecoder", "CDF_PRECISION",
            "compress", "decompress", "estimate_bits", "reconstruct", "coded_latent",
-           "fixed_point_nets", "hyper_fixed", "latent_shapes_for", "pad", "Timings"]
+           "fixed_point_nets", "hyper_fixed", "latent_shapes_for", "pad", "bucket_for",
+           "bucket_side", "prepare_programs", "Timings"]
 
 
 CDF_PRECISION = 16
@@ -398,12 +405,32 @@ def _channel_indexes(shape):
   return np.broadcast_to(np.arange(shape[-1], dtype=np.int32), shape)
 
 
+# constriction models of a CdfTables, kept while the tables object lives (one per
+# checkpoint): built once per process, not once per image.
+_MODELS: dict = {}
+
+
+def _models(t: CdfTables) -> _Models:
+  hit = _MODELS.get(id(t))
+  if hit is None or hit[0] is not t:
+    if len(_MODELS) > 16:
+      _MODELS.clear()
+    hit = _MODELS[id(t)] = (t, _Models(t.cdfs, t.cdf_lengths, t.offsets))
+  return hit[1]
+
+
 def _encode(sym, idx, t: CdfTables):
-  return encode(sym, idx, t.cdfs, t.cdf_lengths, t.offsets)
+  symbols, indexes = _check_symbols(sym, idx)
+  coder = constriction.stream.stack.AnsCoder()
+  _push(coder, symbols, indexes, _models(t))
+  return coder.get_compressed().astype("<u4").tobytes()
 
 
 def _decode(s, idx, t: CdfTables):
-  return decode(s, idx, t.cdfs, t.cdf_lengths, t.offsets)
+  dec = SequenceDecoder(s, _models(t))
+  out = dec.next(np.asarray(idx))
+  dec.finish()
+  return out
 
 
 class Timings:
@@ -431,34 +458,261 @@ def _code(timings):
   return timings._add("coding") if timings is not None else contextlib.nullcontext()
 
 
-def compress(model, variables, tables, x, timings: Timings | None = None):
+# ------------------------------------------------------- bucketed device programs
+#
+# One program per (model, bucket) for every image size: the image, edge-padded to a
+# multiple of STRIDE as always, is zero-padded to its bucket (core.buckets, sides that
+# are multiples of STRIDE) and run under `valid_region`, which zeroes every conv input
+# outside the padded image: the explicit symmetric padding of the codec's convs then
+# sees exactly the zeros it sees at the true size, so the top-left of every latent is
+# the unbucketed latent (checked bit for bit by the tests). Latents are cropped on the
+# host (a device slice would compile per size). The fixed-point h_s runs in the same
+# programs (fxdevice: exact integers, the host's `hyper_fixed` where it says not ok).
+
+
+class _Prepared(NamedTuple):
+  variables: dict        # on the device
+  nets: FxNets | None    # host fixed-point nets (hyperpriors)
+  dev: object            # fxdevice.DevHs without arrays (static), or None: host h_s
+  dev_arrays: object     # its arrays on the device
+  use_dot: bool          # int8 convs as im2col matmuls (backends other than CPU)
+
+
+_PREPARED: dict = {}
+# How often h_s ran on the host because the device's exact ranges did not hold (or the
+# weights do not fit fxdevice): trained models never should (tests, benchmarks read it).
+HOST_H_S = {"calls": 0}
+
+
+def _prepared(model, variables) -> _Prepared:
+  """Per (model, variables): device copies and the fixed-point nets, built once."""
+  key = (id(variables), model)
+  hit = _PREPARED.get(key)
+  if hit is not None and hit[0] is variables:
+    return hit[1]
+  nets = dev = arrays = None
+  if is_hyperprior(model):
+    nets = fixed_point_nets(model, variables)
+    full = fxdevice.prepare(nets)
+    if full is not None:
+      dev, arrays = fxdevice.static(full), jax.device_put(fxdevice.device_arrays(full))
+  prep = _Prepared(jax.device_put(variables), nets, dev, arrays,
+                   jax.default_backend() != "cpu")
+  if len(_PREPARED) > 8:
+    _PREPARED.clear()
+  _PREPARED[key] = (variables, prep)  # holds `variables`: its id stays unique
+  return prep
+
+
+def bucket_side(n: int) -> int:
+  """The codec's bucket side for a side of n pixels: every multiple of 64 up to 512, then
+  m·2^k·128 for m = 5, 6, 7, 8 (640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, ...).
+
+  Like core.buckets' ladder, each step is at most x1.25, but the usual photo and screen
+  sides (512, 640, 768, 1024, 1280, 1536, 2048) are on it: on the benchmark folder the
+  buckets hold 3 % more pixels than the images padded to 64, against 20 % on the core
+  ladder (whose 448, 576, 960, 1216 sides miss them), for the same number of programs.
+  The bucket never changes a result (see above), only how much is computed."""
+  units = -(-int(n) // STRIDE)
+  if units <= 8:
+    return max(units, 1) * STRIDE
+  k = 0
+  while True:
+    for m in (5, 6, 7, 8):
+      if m * 2 ** (k + 1) >= units:
+        return m * 2 ** (k + 1) * STRIDE
+    k += 1
+
+
+def bucket_for(height: int, width: int) -> tuple[int, int]:
+  """The bucket (H, W) in which an image of this size is coded (multiples of STRIDE)."""
+  return bucket_side(height), bucket_side(width)
+
+
+def _mids():
+  mids = GaussianConditional().fixed_midpoints()
+  assert mids.max() < 2**31
+  return mids.astype(np.int32)
+
+
+def _indexes_means(model, hs):
+  """Device `_fx_hyper`: int32 rows and float32 means (or None) of int32 h_s output."""
+  import jax.numpy as jnp
+  if isinstance(model, MeanScaleHyperprior):
+    scales, means_fx = jnp.split(hs, 2, axis=-1)
+    means = means_fx.astype(jnp.float32) * np.float32(1.0 / (1 << ACT_FRAC))  # exact scaling
+  else:
+    scales, means = hs, None
+  idx = jnp.searchsorted(jnp.asarray(_mids()), scales, side="right").astype(jnp.int32)
+  return idx, means
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _encode_program(model, dev, use_dot, estimate, variables, dev_arrays, x, hp, wp):
+  """The encoder of a bucket: latents (bucket-sized), and for hyperpriors with a device
+  h_s the y symbols, their CDF rows and `ok` (fxdevice); with `estimate`, also "bits",
+  the model's estimated rate (`_estimate`)."""
+  with buckets.valid_region(hp, wp, x.shape[1], x.shape[2]):
+    out = model.apply(variables, x, method=type(model)._encode_net)
+  if estimate:
+    out["bits"] = _estimate(model, variables, out["y_float"] if is_hyperprior(model)
+                            else out["y"], out.get("z"), hp, wp)
+  if dev is None or not is_hyperprior(model):
+    return out
+  hs, ok = fxdevice.hyper(dev, dev_arrays, out["z"], hp // STRIDE, wp // STRIDE, use_dot)
+  if is_autoregressive(model):
+    return {**out, "params": hs, "ok": ok}
+  idx, means = _indexes_means(model, hs)
+  y = GaussianConditional().quantize(out["y_float"], "symbols", means)
+  return {**out, "y": y, "idx": idx, "ok": ok}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _hyper_program(model, dev, use_dot, dev_arrays, z, zh, zw):
+  hs, ok = fxdevice.hyper(dev, dev_arrays, z, zh, zw, use_dot)
+  if is_autoregressive(model):
+    return hs, None, ok
+  idx, means = _indexes_means(model, hs)
+  return idx, means, ok
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _synth_program(model, method, variables, yh, yw, *args):
+  y = args[0]
+  with buckets.valid_region(yh, yw, y.shape[1], y.shape[2]):
+    return model.apply(variables, *args, method=getattr(type(model), method))
+
+
+def _estimate(model, variables, y, z, hp, wp):
+  """{latent: Σ -log2 likelihood} (eval mode, float32) over the valid region: y the float
+  latent (its symbols for the factorized model), z the z symbols."""
+  import jax.numpy as jnp
+  yh, yw = hp // 16, wp // 16
+
+  def bits(lik):  # inside valid_region: its mask at lik's resolution
+    return jnp.sum(jnp.where(buckets.region_mask(lik), -jnp.log2(lik), 0.0))
+
+  def fn(module, y, z):
+    with buckets.valid_region(yh, yw, y.shape[1], y.shape[2]):
+      if not is_hyperprior(module):
+        eb = module.entropy_bottleneck  # y: the symbols, y_hat = round(y - m) + m
+        return {"y": bits(eb.likelihood(y.astype(jnp.float32) + eb.medians()))}
+      z_hat = z.astype(jnp.float32) + module.entropy_bottleneck.medians()
+      z_lik = module.entropy_bottleneck.likelihood(z_hat)
+      gc = module.gaussian_conditional
+      if is_autoregressive(module):
+        params = _seq_h_s(module, z_hat)
+        y_hat = buckets.apply_mask(gc.quantize(y, "dequantize"))
+        scales, means = module._gaussian_params(params, module.context_prediction(y_hat))
+      else:
+        scales, means = module.hyper_synthesis(z_hat)
+      _, y_lik = gc(y, scales, means, train=False)
+      return {"y": bits(y_lik), "z": bits(z_lik)}
+
+  return model.apply(variables, y, z, method=fn)
+
+
+def _seq_h_s(module, z_hat):
+  for layer in module.h_s:
+    z_hat = layer(z_hat)
+  return z_hat
+
+
+def prepare_programs(model, variables, sizes, *, encode: bool = False,
+                     decode: bool = False, estimate: bool = False) -> int:
+  """Loads or compiles ahead of time the programs that `compress` (`encode`; `estimate`:
+  with `info`) and `decompress` (`decode`) need for images of `sizes` [(h, w)], the
+  missing ones in parallel (programs.prepare). Returns how many were compiled. Optional:
+  the coder compiles whatever is missing when it gets there."""
+  import jax
+  spec = jax.ShapeDtypeStruct
+  i32 = spec((), np.int32)
+  prep = _prepared(model, variables)
+  hyper = is_hyperprior(model)
+  requests = []
+  for big_h, big_w in sorted({bucket_for(h, w) for h, w in sizes}):
+    yb = (1, big_h // 16, big_w // 16, model.M)
+    if encode:
+      requests.append((_encode_program, (model, prep.dev, prep.use_dot, estimate),
+                       (prep.variables, prep.dev_arrays, spec((1, big_h, big_w, 3), np.float32),
+                        i32, i32)))
+    if not decode:
+      continue
+    if hyper and prep.dev is not None:
+      requests.append((_hyper_program, (model, prep.dev, prep.use_dot),
+                       (prep.dev_arrays, spec((1, big_h // STRIDE, big_w // STRIDE, model.N),
+                                              np.int32), i32, i32)))
+    if is_autoregressive(model):
+      requests.append((_synth_program, (model, "_synthesis"),
+                       (prep.variables, i32, i32, spec(yb, np.float32))))
+    else:
+      means = spec(yb, np.float32) if isinstance(model, MeanScaleHyperprior) else None
+      requests.append((_synth_program, (model, "_decode_net"),
+                       (prep.variables, i32, i32, spec(yb, np.int32), means)))
+  return programs.prepare(requests)
+
+
+def _host_h_s(fn, *args):
+  HOST_H_S["calls"] += 1
+  return fn(*args)
+
+
+def _crop(a, h, w):
+  return np.asarray(a)[:, :h, :w]
+
+
+def compress(model, variables, tables, x, timings: Timings | None = None,
+             info: dict | None = None):
   """(1, H, W, 3) float in [0, 1] -> (strings, latent_shapes).
 
   Hyperpriors: strings = [z, y]; the y indexes come from the z symbols through the
-  fixed-point h_s (`hyper_fixed`), the very integers `decompress` computes.
+  fixed-point h_s (on the device, `fxdevice`; on the host, `hyper_fixed`, where the
+  device says its ranges do not hold), the very integers `decompress` computes. One
+  compiled program per bucket (`bucket_for`), whatever the image size. With a dict
+  `info`, info["estimated_bits"] gets the model's estimate {latent: bits, "total"}
+  (float32 sums on the device; `estimate_bits` is the float64 host version).
   """
   x = np.asarray(x, np.float32)
   if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
     raise ValueError(f"expected a (1, H, W, 3) image, got {x.shape}")
+  xp = pad(x)
+  hp, wp = xp.shape[1:3]
+  big_h, big_w = bucket_for(hp, wp)
+  yh, yw, zh, zw = hp // 16, wp // 16, hp // STRIDE, wp // STRIDE
+  prep = _prepared(model, variables)
   with _net(timings):
-    out = jax.tree.map(np.asarray, _apply(model, variables, "_encode_net", pad(x)))
+    out = programs.call(_encode_program, (model, prep.dev, prep.use_dot, info is not None),
+                        prep.variables, prep.dev_arrays,
+                        buckets.pad_to(xp, big_h, big_w, batched=True), np.int32(hp),
+                        np.int32(wp))
+    if not is_hyperprior(model):
+      y = _crop(out["y"], yh, yw)
+    else:
+      z = _crop(out["z"], zh, zw)
+      ok = prep.dev is not None and bool(out["ok"])
+  if info is not None:
+    bits = {k: float(v) for k, v in out["bits"].items()}
+    bits["total"] = sum(bits.values())
+    info["estimated_bits"] = bits
   if not is_hyperprior(model):
-    y = out["y"]
     with _code(timings):
       return [_encode(y, _channel_indexes(y.shape), tables["y"])], [y.shape]
-  z = out["z"]
   with _code(timings):
     z_str = _encode(z, _channel_indexes(z.shape), tables["z"])
-  with _net(timings):
-    nets = fixed_point_nets(model, variables)
   if is_autoregressive(model):
     with _net(timings):
-      params = hyper_fixed(nets, z)
-    y_str, _ = _ar_encode(nets, tables["y"], out["y_float"], params, timings)
-    return [z_str, y_str], [z.shape, tuple(out["y_float"].shape)]
+      y_float = _crop(out["y_float"], yh, yw)
+      params = (_crop(out["params"], yh, yw).astype(np.int64) if ok
+                else _host_h_s(hyper_fixed, prep.nets, z))
+    y_str, _ = _ar_encode(prep.nets, tables["y"], y_float, params, timings)
+    return [z_str, y_str], [z.shape, y_float.shape]
   with _net(timings):
-    idx, means = _fx_hyper(model, nets, z)
-    y = np.asarray(_apply(model, variables, "_quantize_y", out["y_float"], means))
+    if ok:
+      y, idx = _crop(out["y"], yh, yw), _crop(out["idx"], yh, yw)
+    else:
+      idx, means = _host_h_s(_fx_hyper, model, prep.nets, z)
+      y = np.asarray(_apply(model, variables, "_quantize_y", _crop(out["y_float"], yh, yw),
+                            means))
   with _code(timings):
     y_str = _encode(y, idx, tables["y"])
   return [z_str, y_str], [z.shape, y.shape]
@@ -475,31 +729,49 @@ def decompress(model, variables, tables, strings, latent_shapes, height, width,
   if [tuple(s) for s in latent_shapes] != want or len(strings) != len(want):
     raise ValueError(f"latent shapes {latent_shapes} / {len(strings)} strings do not "
                      f"match a {height}x{width} image for this model ({want})")
+  big_h, big_w = bucket_for(height, width)
+  yb = (big_h // 16, big_w // 16)
+  prep = _prepared(model, variables)
+
+  def synth(method, y_hat, *side):
+    _, yh, yw, _ = y_hat.shape
+    with _net(timings):
+      x_hat = programs.call(_synth_program, (model, method), prep.variables, np.int32(yh),
+                            np.int32(yw), buckets.pad_to(y_hat, *yb, batched=True), *side)
+      return np.clip(_crop(x_hat, height, width), 0.0, 1.0)
+
   if not is_hyperprior(model):
     (y_shape,) = want
     with _code(timings):
       y = _decode(strings[0], _channel_indexes(y_shape), tables["y"])
-    side = None
-  else:
-    z_shape, y_shape = want
-    with _code(timings):
-      z = _decode(strings[0], _channel_indexes(z_shape), tables["z"])
-    with _net(timings):
-      nets = fixed_point_nets(model, variables)
-    if is_autoregressive(model):
-      with _net(timings):
-        params = hyper_fixed(nets, z)
-      y_hat = _ar_decode(nets, tables["y"], strings[1], params, timings)
-      with _net(timings):
-        x_hat = np.asarray(_apply(model, variables, "_synthesis", y_hat))
-      return np.clip(x_hat[:, :height, :width], 0.0, 1.0)
-    with _net(timings):
-      idx, side = _fx_hyper(model, nets, z)
-    with _code(timings):
-      y = _decode(strings[1], idx, tables["y"])
+    return synth("_decode_net", y, None)
+  z_shape, y_shape = want
+  _, yh, yw, _ = y_shape
+  with _code(timings):
+    z = _decode(strings[0], _channel_indexes(z_shape), tables["z"])
   with _net(timings):
-    x_hat = np.asarray(_apply(model, variables, "_decode_net", y, side))
-  return np.clip(x_hat[:, :height, :width], 0.0, 1.0)
+    ok = False
+    if prep.dev is not None:
+      idx, means, ok = programs.call(
+          _hyper_program, (model, prep.dev, prep.use_dot), prep.dev_arrays,
+          buckets.pad_to(z, big_h // STRIDE, big_w // STRIDE, batched=True),
+          np.int32(z_shape[1]), np.int32(z_shape[2]))
+      ok = bool(ok)
+    if is_autoregressive(model):
+      params = (_crop(idx, yh, yw).astype(np.int64) if ok
+                else _host_h_s(hyper_fixed, prep.nets, z))
+    elif ok:
+      idx = _crop(idx, yh, yw)  # means stay on the device, bucket-sized, for g_s
+    else:
+      idx, means = _host_h_s(_fx_hyper, model, prep.nets, z)
+      if means is not None:
+        means = buckets.pad_to(means, *yb, batched=True)
+  if is_autoregressive(model):
+    y_hat = _ar_decode(prep.nets, tables["y"], strings[1], params, timings)
+    return synth("_synthesis", y_hat)
+  with _code(timings):
+    y = _decode(strings[1], idx, tables["y"])
+  return synth("_decode_net", y, means)
 
 
 _K = 5  # context kernel; the latent is zero-padded by _K // 2 as in CompressAI

@@ -59,22 +59,46 @@ def compress(args) -> None:
       raise DataError(f"{src}: {e.strerror or e}") from None
     h, w = image.shape[:2]
     x = image[None].astype(np.float32) / 255.0
+    info = {}  # the model's estimate, from the encoder's own latents (no second pass)
     header, strings = files.compress_image(model, variables, tables, x,
                                            model_name=config.model.name,
                                            quality=config.model.kwargs.quality,
-                                           channels=channels)
+                                           channels=channels, info=info)
     try:
       n = files.write_jvc(dst, header, strings)
     except OSError as e:
       raise DataError(f"{dst}: {e.strerror or e}") from None
-    est = coding.estimate_bits(model, variables, x)["total"]
+    est = info["estimated_bits"]["total"]
     inputs.say(f"{src} -> {dst}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "
                f"the model estimated {est / 8:.0f} bytes ({est / (h * w):.4f} bpp; latents "
                f"of the image padded to a multiple of {STRIDE})")
 
   if folder:
     inputs.make_folder(args.output)
+  # Every bucket's program at once (compiled in parallel when missing), from the image
+  # headers; an unreadable image is left to `one` to report.
+  coding.prepare_programs(model, variables, [s for s in map(_image_size, jobs) if s],
+                          encode=True, estimate=True)
   inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
+
+
+def _image_size(job):
+  """(h, w) of an image from its header, or None when it does not open."""
+  from PIL import Image
+  try:
+    with Image.open(job[0]) as im:
+      return im.size[1], im.size[0]
+  except Exception:  # noqa: BLE001 - reported by the command itself
+    return None
+
+
+def _jvc_size(job):
+  from jaxvision.compression import files
+  try:
+    header, _ = files.read_jvc(job[0])
+    return header.height, header.width
+  except Exception:  # noqa: BLE001 - reported by the command itself
+    return None
 
 
 def decompress(args) -> None:
@@ -129,6 +153,8 @@ def decompress(args) -> None:
 
   if folder:
     inputs.make_folder(args.output)
+    coding.prepare_programs(model, variables, [s for s in map(_jvc_size, jobs) if s],
+                            decode=True)
   inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
 
 

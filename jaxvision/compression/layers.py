@@ -31,7 +31,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
 
 # Bound used by the likelihood models below and by CompressAI (likelihood_bound).
 LIKELIHOOD_BOUND = 1e-9
@@ -110,6 +109,81 @@ class GDN(nn.Module):
     ped = self.reparam_offset ** 2
     return (nonneg(params["beta"], self.beta_min, ped),
             nonneg(params["gamma"], 0.0, ped))
+
+
+# ------------------------------------------------------ transposed convolution
+
+
+def polyphase_taps(kernel_size: int, stride: int, lo: int):
+  """How a flax transposed conv (no kernel flip, explicit padding (lo, hi) of the dilated
+  input) splits into `stride` phases: output s·q + r = Σ_t x[q + d] K[t] over the taps t
+  with d = (r + t - lo) / s an integer. Returns ({(r, d): t}, d_min, d_max)."""
+  taps = {}
+  for r in range(stride):
+    for t in range(kernel_size):
+      if (r + t - lo) % stride == 0:
+        taps[(r, (r + t - lo) // stride)] = t
+  ds = [d for _, d in taps]
+  return taps, min(ds), max(ds)
+
+
+class PolyphaseConvTranspose(nn.ConvTranspose):
+  """`nn.ConvTranspose` (same parameters, same result up to float rounding) computed as
+  one stride-1 convolution of the undilated input with all stride² phases stacked on the
+  output channels, then depth-to-space.
+
+  XLA:CPU runs a transposed conv as a convolution of the zero-dilated input, stride² times
+  the multiply-adds; here a 5x5 stride-2 layer costs 9/6.25 of the ideal instead of 4x
+  (1.9x faster on the large g_s layers). Only for 2-D, equal strides and explicit padding
+  with output = stride x input (lo + hi = k + s - 2, CompressAI's deconvs); anything else
+  runs flax's own code. Masked like any nn.ConvTranspose under `core.buckets.valid_region`
+  (its input is zero outside the region, as the plain layer's padding would be)."""
+
+  def _polyphase(self):
+    k = tuple(self.kernel_size) if not isinstance(self.kernel_size, int) else (
+        self.kernel_size,) * 2
+    s = self.strides if self.strides is not None else 1
+    s = (s, s) if isinstance(s, int) else tuple(s)
+    pad = self.padding
+    if (len(k) != 2 or k[0] != k[1] or s[0] != s[1] or s[0] < 2 or isinstance(pad, str)
+        or self.transpose_kernel or self.mask is not None or self.kernel_dilation not in (
+            None, 1, (1, 1))):
+      return None
+    pad = tuple(tuple(p) for p in pad)
+    if len(pad) != 2 or pad[0] != pad[1] or pad[0][0] + pad[0][1] != k[0] + s[0] - 2:
+      return None
+    return k[0], s[0], pad[0][0]
+
+  @nn.compact
+  def __call__(self, inputs):
+    spec = self._polyphase()
+    if spec is None or inputs.ndim != 4:
+      return super().__call__(inputs)
+    k, s, lo = spec
+    cin = inputs.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    taps, dmin, dmax = polyphase_taps(k, s, lo)
+    d = dmax - dmin + 1
+    # tap index per (offset, phase); k selects an appended zero tap
+    index = np.full((d, s), k, np.int32)
+    for (r, off), t in taps.items():
+      index[off - dmin, r] = t
+    kz = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    big = kz[index][:, :, index]  # (d, s, d, s, cin, cout): [a, ry, b, rx]
+    big = big.transpose(0, 2, 4, 1, 3, 5).reshape(d, d, cin, s * s * self.features)
+    y = jax.lax.conv_general_dilated(inputs, big, (1, 1), ((-dmin, dmax), (-dmin, dmax)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=self.precision)
+    n, h, w, _ = y.shape
+    y = y.reshape(n, h, w, s, s, self.features).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, h * s, w * s, self.features)
+    if bias is not None:
+      y = y + bias
+    return y
 
 
 # ------------------------------------------------------------------ integer tables
@@ -195,7 +269,11 @@ def _factorized_likelihood(p, v, xp):
   # Evaluate on the side where both sigmoids are small (no 1 - 1 cancellation).
   # where() instead of CompressAI's -sign(): sign(0) = 0 would zero the likelihood.
   sign = xp.where(lower + upper > 0, -1.0, 1.0)
-  sigmoid = special.expit if xp is np else jax.nn.sigmoid
+  if xp is np:
+    from scipy import special  # host tables only: scipy stays out of the commands' start-up
+    sigmoid = special.expit
+  else:
+    sigmoid = jax.nn.sigmoid
   return xp.abs(sigmoid(sign * upper) - sigmoid(sign * lower)), lower, upper
 
 
@@ -319,6 +397,7 @@ class EntropyBottleneck(nn.Module):
       pc = {k: v[c:c + 1] for k, v in p.items() if k != "quantiles"}
       v = med[c] + np.arange(lo[c], hi[c] + 1, dtype=np.float64)[None]
       pmf, lower, upper = _factorized_likelihood(pc, v, np)
+      from scipy import special
       tail = special.expit(lower[0, 0]) + special.expit(-upper[0, -1])
       rows.append(pmf_to_quantized_cdf(np.append(pmf[0], tail), precision))
     return _pack(rows, lo)
@@ -421,6 +500,7 @@ class GaussianConditional(nn.Module):
     """Integer CDF tables, one row per table scale: zero-mean discretised Gaussian on
     [-tail, tail], tail = ceil(σ Φ^-1(1 - tail_mass/2)), plus an escape bin."""
     s = self.scales().astype(np.float64)
+    from scipy import special
     mult = -special.ndtri(self.tail_mass / 2)
     tails = np.ceil(s * mult).astype(np.int64)
     rows = []

@@ -25,7 +25,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.compression.layers import GDN, EntropyBottleneck, GaussianConditional, MaskedConv
+from jaxvision.compression.layers import (
+    GDN, EntropyBottleneck, GaussianConditional, MaskedConv, PolyphaseConvTranspose)
 from jaxvision.core.registry import register_model
 
 # λ of the CompressAI zoo (MSE), quality 1..8.
@@ -44,9 +45,10 @@ def _conv(features, k=5, stride=2):
 
 
 def _deconv(features, k=5, stride=2):
-  # Output exactly stride x input (PyTorch padding=k//2, output_padding=stride-1).
+  # Output exactly stride x input (PyTorch padding=k//2, output_padding=stride-1);
+  # computed phase by phase (layers.PolyphaseConvTranspose), same params as nn.ConvTranspose.
   lo, hi = k // 2, k // 2 + stride - 1
-  return nn.ConvTranspose(features, (k, k), (stride, stride), padding=((lo, hi),) * 2)
+  return PolyphaseConvTranspose(features, (k, k), (stride, stride), padding=((lo, hi),) * 2)
 
 
 def _seq(layers, x):

@@ -67,6 +67,8 @@ def compress(args) -> None:
     try:
       n = files.write_jvc(dst, header, strings)
     except OSError as e:
+      if isinstance(e, UserError):  # the writer's own line already names the file
+        raise
       raise DataError(f"{dst}: {e.strerror or e}") from None
     est = info["estimated_bits"]["total"]
     inputs.say(f"{src} -> {dst}: {w}x{h}, {n} bytes, {8 * n / (h * w):.4f} bpp; "

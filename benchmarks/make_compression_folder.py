@@ -3,7 +3,7 @@
     python benchmarks/make_compression_folder.py OUT_DIR
 
 12 of scikit-image's embedded photos (no download), each resized with Pillow (Lanczos) to
-its own odd size between 283x377 and 1000x667 (12 sizes, 3.5 megapixels in all); two are
+its own size between 377x283 and 1000x667 (12 sizes, 3.1 megapixels in all); two are
 grey (coded as RGB and written back as grey by both codecs). PNG files, sorted names."""
 import os
 import sys

@@ -22,9 +22,12 @@ modules that build the codec programs, the flax version) and of where it runs (j
 jaxlib versions, backend and its platform version, device kind and count, XLA_FLAGS, the
 CPU's model and feature flags), so another machine, another XLA flag or another jaxvision
 never loads a stale executable: it misses and compiles. A file that cannot be loaded is
-compiled again and replaced. Files hold what `jax.experimental.serialize_executable` gives (the
-executable's bytes and its two pytree definitions, in JAX's protobuf form), never a
-pickle: reading one runs no code; a damaged or foreign one is compiled again.
+compiled again and replaced. Files hold what `jax.experimental.serialize_executable` gives:
+its executable record and the two pytree definitions (those in JAX's protobuf form). The
+record is a pickle (JAX's own format: XLA's executable bytes inside); it is read with an
+unpickler that accepts only the dozen JAX classes such a record names (_ALLOWED), so a
+crafted file cannot make loading call arbitrary code; a damaged, foreign or refused file is
+compiled again.
 """
 from __future__ import annotations
 
@@ -85,18 +88,47 @@ def _key(jitted, static, args) -> str:
   return hashlib.sha256(("\n".join(sig) + "\n" + _environment()).encode()).hexdigest()
 
 
-def _load(path: str):
+# The only globals an executable file may name (what jax 0.10.2's serialize_executable
+# writes for these programs); the loader refuses any other, so a crafted file cannot make
+# unpickling call arbitrary code. A jax that pickles something else just compiles again.
+_ALLOWED = frozenset({
+    ("jax", "P"), ("jax._src.core", "ManualAxisType"), ("jax._src.core", "MemorySpace"),
+    ("jax._src.core", "ShapedArray"), ("jax._src.interpreters.pxla", "AllArgsInfo"),
+    ("jax._src.interpreters.pxla", "UnloadedMeshExecutable"), ("jax._src.layout", "Layout"),
+    ("jax._src.linear_util", "DebugInfo"), ("jax._src.mesh", "AbstractMesh"),
+    ("jax._src.named_sharding", "_unpickle_named_sharding"),
+    ("jax._src.sharding_impls", "_unpickle_single_device_sharding"),
+    ("jax._src.stages", "ArgInfo"), ("jaxlib._jax", "DeviceList"), ("numpy", "dtype")})
+
+
+def _deserialize(exe: bytes, in_tree, out_tree):
+  """`serialize_executable.deserialize_and_load` (jax 0.10.2) with the globals restricted
+  to _ALLOWED, on the default device only (by default the loader would spread the
+  executable over every local device, e.g. the CLI's one CPU device per core)."""
+  import io
+  import pickle
   import jax
   from jax.experimental import serialize_executable
+
+  class Unpickler(serialize_executable._JaxPjrtUnpickler):
+    def find_class(self, module, name):
+      if (module, name) not in _ALLOWED:
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an executable file")
+      return super().find_class(module, name)
+
+  devices = jax.devices()[:1]
+  unloaded, args_info_flat, no_kwargs = Unpickler(io.BytesIO(exe), devices[0].client,
+                                                  devices).load()
+  return jax.stages.Compiled(unloaded.load(), [], in_tree.unflatten(args_info_flat), out_tree,
+                             no_kwargs=no_kwargs)
+
+
+def _load(path: str):
   try:
     with open(path, "rb") as f:
       blob = f.read()
-    exe, in_tree, out_tree = _unpack(blob)
-    # one-device programs, on the default device (by default the loader would spread the
-    # executable over every local device, e.g. the CLI's one CPU device per core)
-    return serialize_executable.deserialize_and_load(exe, in_tree, out_tree,
-                                                     execution_devices=jax.devices()[:1])
-  except Exception:  # noqa: BLE001 - damaged, truncated or foreign: compile again
+    return _deserialize(*_unpack(blob))
+  except Exception:  # noqa: BLE001 - damaged, truncated, foreign or refused: compile again
     return None
 
 

@@ -272,3 +272,31 @@ def test_files_and_pixels_identical_across_xla_flags(tmp_path):
                 "--xla_force_host_platform_device_count=8"):
     other = run(flags, data)
     assert [(r[:3], r[-2], r[-1]) for r in other] == [(r[:3], r[-2], r[-1]) for r in base], flags
+
+
+def test_executable_files_load_and_refuse_foreign_globals(tmp_path):
+  """programs.py's files: a stored executable loads and runs; a record naming any other
+  global than the JAX classes an executable needs is refused (compiled again), unrun."""
+  import pickle
+  from jaxvision.compression import programs
+  f = jax.jit(lambda x, n: x * 2 + n)
+  x = np.arange(3, dtype=np.float32)
+  path = str(tmp_path / "exe")
+  programs._store(path, f.lower(x, np.int32(1)).compile())
+  loaded = programs._load(path)
+  np.testing.assert_array_equal(np.asarray(loaded(x, np.int32(1))), x * 2 + 1)
+
+  marker = tmp_path / "ran"
+
+  class Evil:
+    def __reduce__(self):
+      return (open, (str(marker), "w"))
+
+  trees = [jax.tree.structure((1,)).serialize_using_proto(),
+           jax.tree.structure(1).serialize_using_proto()]
+  parts = [pickle.dumps(Evil())] + trees
+  (tmp_path / "evil").write_bytes(
+      programs._MAGIC + b"".join(len(p).to_bytes(8, "little") + p for p in parts))
+  assert programs._load(str(tmp_path / "evil")) is None and not marker.exists()
+  (tmp_path / "short").write_bytes(open(path, "rb").read()[:100])
+  assert programs._load(str(tmp_path / "short")) is None

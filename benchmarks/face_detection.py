@@ -74,6 +74,8 @@ def _time(fn, repeats: int) -> float:
 
 
 def run_ours(sizes, repeats, batch):
+  from jaxvision.core.compile import use_cpu_cores
+  use_cpu_cores()  # as the `jaxvision` command runs: one XLA CPU device per core
   import jax
   from jaxvision.faces.detector import mtcnn_detector
   det = mtcnn_detector()

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import numpy as np
 import ml_collections
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
+
+
+def _ocp():
+  """orbax.checkpoint, imported when a checkpoint is first touched: it costs 0.2-0.4 s of
+  start-up that the commands on pretrained weights (detect-faces, ...) do not need."""
+  import orbax.checkpoint
+  return orbax.checkpoint
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -31,12 +40,12 @@ def manager(workdir: str, *, keep: int = 3, async_save: bool = True,
   """CheckpointManager over `workdir/checkpoints` (keep the newest `keep` steps)."""
   import grain  # local: inference does not need the data stack
 
-  handlers = {"state": ocp.StandardCheckpointHandler()}
+  handlers = {"state": _ocp().StandardCheckpointHandler()}
   if with_data:
     handlers["data"] = grain.checkpoint.CheckpointHandler()
-  options = ocp.CheckpointManagerOptions(
+  options = _ocp().CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+  return _ocp().CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
                                options=options, item_handlers=handlers)
 
 
@@ -92,18 +101,18 @@ def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
   ckdir = os.path.join(workdir, CHECKPOINT_DIR)
   if not os.path.isdir(ckdir):
     raise CheckpointError(f"{workdir}: no checkpoints/ folder")
-  mngr = ocp.CheckpointManager(
+  mngr = _ocp().CheckpointManager(
       os.path.abspath(ckdir),
-      options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+      options=_ocp().CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": _ocp().PyTreeCheckpointHandler()})
 
   def as_numpy(step):
     # Restore as host numpy arrays, whatever device topology wrote the checkpoint
     # (8 TPU cores, one GPU, ...): inference must not depend on it.
     meta = mngr.item_metadata(step)["state"]
     meta = getattr(meta, "tree", meta)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args))
+    restore_args = jax.tree.map(lambda _: _ocp().RestoreArgs(restore_type=np.ndarray), meta)
+    return _ocp().args.Composite(state=_ocp().args.PyTreeRestore(restore_args=restore_args))
 
   try:
     step, restored = restore_with_fallback(mngr, as_numpy)

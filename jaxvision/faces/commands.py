@@ -7,6 +7,7 @@ jax and the nets are imported when the command runs, so that `jaxvision --help` 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -43,12 +44,6 @@ def detect_faces_cmd(args) -> None:
   # unreadable file among many is one line and the others go on (core.inputs); one file
   # alone is the command's error, as before.
   given = inputs.image_files(args.inputs)
-  loaded = inputs.for_each(given, io.load_image_file, command=args.command,
-                           strict=len(given) == 1 and not inputs.any_folder(args.inputs))
-  if not loaded.results:
-    loaded.raise_if_failed()  # nothing to detect in: no JSON either
-  images = loaded.results
-  given = list(images)  # the order given, the unreadable left out
   try:
     if args.checkpoint:
       det = detector.detector_from_workdir(args.checkpoint)
@@ -63,6 +58,22 @@ def detect_faces_cmd(args) -> None:
     if isinstance(e, UserError):
       raise
     raise UserError(first_line(e)) from None
+
+  # The programs compile (or load) while the images are read; one file given alone is read
+  # first, so that an unreadable one is said at once.
+  strict = len(given) == 1 and not inputs.any_folder(args.inputs)
+  read = lambda: inputs.for_each(given, io.load_image_file, command=args.command,
+                                 strict=strict)
+  loaded = read() if strict else None
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    ready = pool.submit(det.prepare, len(given), args.batch)
+    if loaded is None:
+      loaded = read()
+  if not loaded.results:
+    loaded.raise_if_failed()  # nothing to detect in: no JSON either
+  ready.result()
+  images = loaded.results
+  given = list(images)  # the order given, the unreadable left out
 
   t = time.time()
   result: dict[str, list] = {}

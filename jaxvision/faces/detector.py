@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
+from jaxvision.core.executables import Executables
 from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, cell_windows,
                                    crop_regions, integral_image, nms, out_cells, overlap,
                                    pack_levels, pyramid_scales, rerec)
@@ -148,8 +149,12 @@ def _compact(k, scores, valid, *arrays):
 # images at once use two), each image alone: no image waits for another's candidates.
 PNET_TILE = 256                  # tile side, canvas pixels
 PNET_STRIDE = PNET_TILE - 10     # tiles overlap by P-Net's 12-pixel window less its stride 2
-TILE_BATCHES = (4, 1)            # tiles per P-Net call: as many 4s as fit, then 1s
-CROP_BATCHES = {"rnet": (512, 64), "onet": (128, 16)}  # crops per call, likewise (last padded)
+# Calls' batch sizes, measured per item on a 2-core Xeon (XLA:CPU): one 256x256 tile is
+# 140 ns per canvas pixel, four at once 250 (a tile's activations stay in cache); R-Net is
+# 200 us per crop from 16 to 128 crops (270 at 512), O-Net 0.9-1.0 ms from 8 to 32.
+TILE_BATCHES = (1,)              # tiles per P-Net call
+CROP_BATCHES = {"rnet": (64, 16), "onet": (32, 8)}  # crops per call: as many of the larger
+                                                    # as fill, then the smaller, last padded
 CROP_SIZES = {"rnet": 24, "onet": 48}
 
 
@@ -302,23 +307,25 @@ def _later_stage(stage: str, pyr: _Pyramid, boxes, scores, out, cfg: DetectorCon
   return b[keep], prob[ok][keep], lm[keep]
 
 
-def _mtcnn_programs(modules: dict):
-  """{name: f(variables, batch) -> dict of float32 arrays}: the nets alone (softmax in)."""
-
-  def pnet(v, tiles, mask):
-    o = modules["pnet"].apply(v, tiles, pool_mask=mask)
+def _mtcnn_net(stage: str, module, v, *inputs) -> dict:
+  """One MTCNN net alone (softmax in): P-Net on (tiles, pool masks), R-Net and O-Net on
+  crops -> dict of float32 arrays."""
+  if stage == "pnet":
+    tiles, mask = inputs
+    o = module.apply(v, tiles, pool_mask=mask)
     return {"prob": _prob(o["logits"]), "box": o["box"]}
+  o = module.apply(v, normalize(inputs[0]))
+  d = {"prob": _prob(o["logits"]), "box": o["box"]}
+  if "landmarks" in o:
+    d["landmarks"] = o["landmarks"]
+  return d
 
-  def refine(name):
-    def f(v, crops):
-      o = modules[name].apply(v, normalize(crops))
-      d = {"prob": _prob(o["logits"]), "box": o["box"]}
-      if "landmarks" in o:
-        d["landmarks"] = o["landmarks"]
-      return d
-    return f
 
-  return {"pnet": pnet, **{k: refine(k) for k in ("rnet", "onet") if k in modules}}
+_mtcnn_program = jax.jit(_mtcnn_net, static_argnums=(0, 1))
+# Executables of the MTCNN programs, kept on disk beside the compile cache: a warm run
+# loads them without tracing flax (0.13 s a program; core.executables).
+_EXECUTABLES = Executables("jaxvision.faces.detector", "jaxvision.faces.models",
+                           "jaxvision.faces.boxes")
 
 
 # ---------------------------------------------------------------- Cascade CNN pipeline
@@ -394,7 +401,7 @@ class FaceDetector:
     self.variables = {k: jax.tree.map(jnp.asarray, v) for k, (_, v) in nets.items()}
     self._fn = jax.jit(self._run)
     if config.kind == "mtcnn":
-      self._programs = _mtcnn_programs(self._modules)
+      self._programs = [k for k in MTCNN_STAGES if k in self._modules]
       self._compiled: dict[tuple[str, int, int], Any] = {}
       self._placed: dict[int, dict] = {}  # device index -> the variables on that device
       self._compile_lock = threading.Lock()
@@ -437,21 +444,23 @@ class FaceDetector:
       if not todo:
         return
 
-      def one(key):
+      def request(key):
         name, b, k = key
-        return key, jax.jit(self._programs[name]).lower(
-            self._on(k)[name], *self._program_inputs(name, b, _devices()[k])).compile()
+        return (_mtcnn_program, (name, self._modules[name]),
+                (self._on(k)[name], *self._program_inputs(name, b, _devices()[k])))
 
-      for k in {k for _, _, k in todo}:
-        self._on(k)
-      with concurrent.futures.ThreadPoolExecutor(min(len(todo), _threads())) as pool:
-        self._compiled.update(pool.map(one, todo))
+      requests = [request(key) for key in todo]
+      _EXECUTABLES.prepare(requests)  # loads what is on disk, compiles the rest in parallel
+      for key, (jitted, static, args) in zip(todo, requests):
+        self._compiled[key] = _EXECUTABLES.get(jitted, static, args)
 
-  def _net(self, name: str, arrays: tuple, jit: bool, k: int = 0) -> dict[str, np.ndarray]:
-    """Program `name` over n items (arrays with leading dim n), in fixed-size calls, on
-    device k."""
+  def _net(self, name: str, arrays: tuple, jit: bool, ks: tuple = (0,)) -> dict[str, np.ndarray]:
+    """Program `name` over n items (arrays with leading dim n), in fixed-size calls spread
+    over the devices `ks` (each call to the least loaded), all dispatched before any result
+    is read, so that the devices run at once and the host pads the next call meanwhile."""
     n = len(arrays[0])
-    parts = []
+    load = dict.fromkeys(ks, 0)
+    pending = []
     for at, count, b in _chunks(n, TILE_BATCHES if name == "pnet" else CROP_BATCHES[name]):
       batch = []
       for a in arrays:
@@ -460,17 +469,21 @@ class FaceDetector:
           x = np.concatenate([x, np.zeros((b - count,) + x.shape[1:], x.dtype)])
         batch.append(x)
       if jit:
+        k = min(load, key=load.get)
+        load[k] += b
         dev = _devices()[k]
         out = self._compiled[(name, b, k)](self._on(k)[name],
                                            *(jax.device_put(x, dev) for x in batch))
       else:
-        out = self._programs[name](self.variables[name], *batch)
-      parts.append({k: np.asarray(v)[:count] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out = _mtcnn_net(name, self._modules[name], self.variables[name], *batch)
+      pending.append((count, out))
+    parts = [{key: np.asarray(v)[:count] for key, v in out.items()} for count, out in pending]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-  def _mtcnn_one(self, image: np.ndarray, jit: bool, k: int = 0):
+  def _mtcnn_one(self, image: np.ndarray, jit: bool, ks: tuple = (0,)):
     """One image through the cascade -> boxes (N, 4), scores (N,), landmarks (N, 5, 2),
-    best first; every face the cascade keeps (no buffer caps the count)."""
+    best first; every face the cascade keeps (no buffer caps the count). The nets' calls
+    are spread over the devices `ks`."""
     cfg = self.config
     boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     lms = np.zeros((0, 5, 2), np.float32)
@@ -478,7 +491,7 @@ class FaceDetector:
     if pyr.canvas is None:
       return boxes, scores, lms
     at, tiles, masks = _tiles(pyr)
-    out = self._net("pnet", (tiles, masks), jit, k)
+    out = self._net("pnet", (tiles, masks), jit, ks)
     c = PNET_STRIDE // 2  # output cells per tile side
     hc, wc = pyr.canvas.shape[:2]
     prob = np.zeros((out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), np.float32)
@@ -492,21 +505,33 @@ class FaceDetector:
       if stage not in self.variables or not len(boxes):
         break
       regions, _ = crop_regions(boxes, pyr.h, pyr.w)
-      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit, k)
+      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit, ks)
       boxes, scores, lms = _later_stage(stage, pyr, boxes, scores, out, cfg)
     return boxes, scores, lms
+
+  def _plan(self, count: int, threads: int | None = None) -> tuple[int, int]:
+    """(images detected at once, devices used) for `count` images: one image alone has
+    its calls spread over every device, several have a device each."""
+    n = min(count, threads or _threads())
+    return n, (len(_devices()) if n <= 1 else n)
+
+  def prepare(self, count: int, threads: int | None = None) -> None:
+    """Compiles (or loads) the programs that detecting `count` images with `detect_each`
+    will use, so that a caller can do it while it reads the images (thread-safe)."""
+    if self.config.kind == "mtcnn":
+      self.compile(self._plan(count, threads)[1])
 
   def _mtcnn_map(self, images, jit: bool, threads: int | None = None):
     """Yields `_mtcnn_one` of each image, in order, several images at once: each worker
     thread holds a device of its own while it runs an image (XLA runs the programs of one
     device one after the other; on a CPU, `jaxvision` makes one device per core)."""
-    n = min(len(images), threads or _threads())
-    if not jit or n <= 1:
-      if jit:
-        self.compile(1)
-      yield from (self._mtcnn_one(as_rgb_batch(im)[0], jit) for im in images)
+    n, devices = self._plan(len(images), threads)
+    if jit:
+      self.compile(devices)
+    if not jit or n <= 1:  # one image at a time, its calls spread over every device
+      every = tuple(range(devices)) if jit else (0,)
+      yield from (self._mtcnn_one(as_rgb_batch(im)[0], jit, every) for im in images)
       return
-    self.compile(n)
     free: queue.SimpleQueue = queue.SimpleQueue()
     for k in range(n):
       free.put(k % len(_devices()))
@@ -514,7 +539,7 @@ class FaceDetector:
     def run(im):
       k = free.get()
       try:
-        return self._mtcnn_one(as_rgb_batch(im)[0], jit, k)
+        return self._mtcnn_one(as_rgb_batch(im)[0], jit, (k,))
       finally:
         free.put(k)
 

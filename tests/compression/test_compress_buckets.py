@@ -275,10 +275,10 @@ def test_files_and_pixels_identical_across_xla_flags(tmp_path):
 
 
 def test_executable_files_load_and_refuse_foreign_globals(tmp_path):
-  """programs.py's files: a stored executable loads and runs; a record naming any other
+  """core/executables.py's files: a stored executable loads and runs; a record naming any other
   global than the JAX classes an executable needs is refused (compiled again), unrun."""
   import pickle
-  from jaxvision.compression import programs
+  from jaxvision.core import executables as programs
   f = jax.jit(lambda x, n: x * 2 + n)
   x = np.arange(3, dtype=np.float32)
   path = str(tmp_path / "exe")

@@ -18,6 +18,10 @@ class _Detector:
 
   def __init__(self):
     self.seen = []
+    self.prepared = None
+
+  def prepare(self, count, threads=None):  # the command compiles while it reads images
+    self.prepared = count
 
   def detect_each(self, images, threads=None):
     for im in images:
@@ -42,6 +46,7 @@ def test_folders_and_files_with_a_damaged_one(tmp_path, monkeypatch, capsys):
   assert all(v == [FACE] for v in res.values())
   assert sorted(os.listdir(drawn)) == [f"{s}.png" for s in stems]
   assert len(det.seen) == 3 and all(s[-1] == 3 for s in det.seen)  # grey a.png as RGB
+  assert det.prepared == 4  # programs for every input given, prepared while reading
   assert "3 image(s), 3 face(s)" in cap.out
 
 

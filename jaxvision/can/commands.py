@@ -45,11 +45,11 @@ def enhance(args) -> None:
     t = time.time()
     h, w = image.shape[:2]
     tile = args.tile if args.tile is not None else default_tile(h, w)
-    y = io.to_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile))
+    y = io.output_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile), src)
     if alpha is not None:
       y = np.concatenate([y, alpha[..., None]], axis=-1)
     io.write_png(dst, y)
-    inputs.say(f"{src} -> {dst}: {w}x{h}, {config.data.get('operator', '')} "
+    inputs.say(f"{src} -> {dst}: {w}x{h}, {(config.get('data') or {}).get('operator', '')} "
                f"(checkpoint step {step}), {time.time() - t:.2f}s")
 
   if folder:

@@ -662,7 +662,7 @@ def _crop(a, h, w):
 
 
 def compress(model, variables, tables, x, timings: Timings | None = None,
-             info: dict | None = None):
+             info: dict | None = None, what: str | None = None):
   """(1, H, W, 3) float in [0, 1] -> (strings, latent_shapes).
 
   Hyperpriors: strings = [z, y]; the y indexes come from the z symbols through the
@@ -670,7 +670,9 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
   device says its ranges do not hold), the very integers `decompress` computes. One
   compiled program per bucket (`bucket_for`), whatever the image size. With a dict
   `info`, info["estimated_bits"] gets the model's estimate {latent: bits, "total"}
-  (float32 sums on the device; `estimate_bits` is the float64 host version).
+  (float32 sums on the device; `estimate_bits` is the float64 host version). With `what`
+  (the input's name), a program whose memory would not fit is refused first, naming it
+  (core.executables.check_memory).
   """
   x = np.asarray(x, np.float32)
   if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
@@ -684,7 +686,7 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
     out = programs.call(_encode_program, (model, prep.dev, prep.use_dot, info is not None),
                         prep.variables, prep.dev_arrays,
                         buckets.pad_to(xp, big_h, big_w, batched=True), np.int32(hp),
-                        np.int32(wp))
+                        np.int32(wp), what=what)
     if not is_hyperprior(model):
       y = _crop(out["y"], yh, yw)
     else:
@@ -719,11 +721,12 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
 
 
 def decompress(model, variables, tables, strings, latent_shapes, height, width,
-               timings: Timings | None = None):
+               timings: Timings | None = None, what: str | None = None):
   """Inverse of `compress`: (1, height, width, 3) float32 in [0, 1].
 
   Raises ValueError for shapes that do not fit the image size (before allocating
-  anything) and for strings that do not decode cleanly.
+  anything) and for strings that do not decode cleanly; with `what` (the file's name),
+  ResourceError for a synthesis whose memory would not fit, before it runs.
   """
   want = latent_shapes_for(model, height, width)
   if [tuple(s) for s in latent_shapes] != want or len(strings) != len(want):
@@ -737,7 +740,8 @@ def decompress(model, variables, tables, strings, latent_shapes, height, width,
     _, yh, yw, _ = y_hat.shape
     with _net(timings):
       x_hat = programs.call(_synth_program, (model, method), prep.variables, np.int32(yh),
-                            np.int32(yw), buckets.pad_to(y_hat, *yb, batched=True), *side)
+                            np.int32(yw), buckets.pad_to(y_hat, *yb, batched=True), *side,
+                            what=what)
       return np.clip(_crop(x_hat, height, width), 0.0, 1.0)
 
   if not is_hyperprior(model):

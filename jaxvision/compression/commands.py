@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from jaxvision.core.errors import ConfigError, DataError, UserError, first_line
+from jaxvision.core.errors import ConfigError, DataError, OutputError, UserError, first_line
+from jaxvision.core.inputs import nonnegative_int
 from jaxvision.core.registry import register_commands
 
 
@@ -63,7 +64,7 @@ def compress(args) -> None:
     header, strings = files.compress_image(model, variables, tables, x,
                                            model_name=config.model.name,
                                            quality=config.model.kwargs.quality,
-                                           channels=channels, info=info)
+                                           channels=channels, info=info, what=src)
     try:
       n = files.write_jvc(dst, header, strings)
     except OSError as e:
@@ -87,8 +88,10 @@ def compress(args) -> None:
 def _image_size(job):
   """(h, w) of an image from its header, or None when it does not open."""
   from PIL import Image
+  from jaxvision.core.io import check_pixels
   try:
     with Image.open(job[0]) as im:
+      check_pixels(job[0], *im.size)
       return im.size[1], im.size[0]
   except Exception:  # noqa: BLE001 - reported by the command itself
     return None
@@ -96,8 +99,10 @@ def _image_size(job):
 
 def _jvc_size(job):
   from jaxvision.compression import files
+  from jaxvision.core.io import check_pixels
   try:
     header, _ = files.read_jvc(job[0])
+    check_pixels(job[0], header.width, header.height)  # none compiled for a refused one
     return header.height, header.width
   except Exception:  # noqa: BLE001 - reported by the command itself
     return None
@@ -108,7 +113,7 @@ def decompress(args) -> None:
   from jaxvision.compression import coding, files
   from jaxvision.compression import tables as T
   from jaxvision.core import inputs
-  from jaxvision.core.io import write_png
+  from jaxvision.core.io import check_pixels, write_png
 
   if os.path.isdir(args.input):
     jobs, folder = _jobs(args, ".png", extensions={".jvc"})
@@ -119,7 +124,10 @@ def decompress(args) -> None:
 
   def read(path):
     try:
-      return files.read_jvc(path)
+      header, strings = files.read_jvc(path)
+      # the declared size against the pixel limit, before anything is allocated for it
+      check_pixels(path, header.width, header.height)
+      return header, strings
     except files.JvcError as e:
       raise files.JvcError(f"{path}: {e}") from None
     except OSError as e:
@@ -144,7 +152,7 @@ def decompress(args) -> None:
                       "hyperprior file from a jaxvision older than its fixed-point coding")
     try:
       x = coding.decompress(model, variables, tables, strings, header.latent_shapes,
-                            header.height, header.width)
+                            header.height, header.width, what=src)
     except ValueError as e:
       raise files.JvcError(f"{src}: {first_line(e, 1000)}") from None
     y = (x[0] * 255.0 + 0.5).astype(np.uint8)
@@ -202,6 +210,11 @@ def rd(args) -> None:
     if codec_name not in jv_rd.CODECS or not qs:
       raise ConfigError(f"--qualities {spec!r}: expected CODEC=Q1:Q2:... with CODEC one of "
                         f"{', '.join(jv_rd.CODECS)}")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise OutputError(f"{args.out}: --out must be a folder (rd.json and rd.png go in it)")
+  parent = os.path.dirname(os.path.abspath(args.out))
+  if not os.path.isdir(parent):  # made at the end, when there is something to write
+    raise OutputError(f"{args.out}: cannot create the --out folder ({parent} is not a folder)")
   images = _rd_images(args)
   neural = []
   for work in args.checkpoint or []:
@@ -255,7 +268,8 @@ def add(sub) -> None:
   p.add_argument("--data", default="", help="photos, folder:/path or a prepared TFDS name")
   p.add_argument("--split", default="test", help="split of --data (default test)")
   p.add_argument("--data-dir", default="", help="TFDS data_dir")
-  p.add_argument("--max-images", type=int, default=0, help="use the first N images only")
+  p.add_argument("--max-images", type=nonnegative_int, default=0,
+                 help="use the first N images only (0: all)")
   p.add_argument("--checkpoint", action="append", metavar="WORKDIR",
                  help="a codec workdir (repeatable; one RD point each, one curve per model)")
   p.add_argument("--codecs", default="jpeg,webp,jpeg2000,avif",

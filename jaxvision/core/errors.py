@@ -36,6 +36,10 @@ class ConfigError(UserError, ValueError):
   """A config key or command-line value that is out of range or unknown."""
 
 
+class ResourceError(UserError, MemoryError):
+  """Work that would need more memory than the machine has (checked before it starts)."""
+
+
 class TrainingError(UserError, RuntimeError):
   """A training run that cannot go on (non-finite loss, mismatched resume, ...)."""
 

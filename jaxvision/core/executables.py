@@ -10,6 +10,9 @@
   cache.prepare([(jitted, static, args), ...])
                                        the same ahead of time for many programs: the missing
                                        ones compiled in parallel (a command knows them first)
+  check_memory(compiled, what)         refuses (ResourceError, one line) a program whose
+                                       buffers would not fit in the memory left, before it
+                                       runs: a huge image is a clear line, not an OOM kill
 
 Why: JAX's persistent compilation cache (jaxvision.core.compile) saves the XLA compile, but
 it is keyed by the lowered program, so a warm command still traces and lowers each of its
@@ -186,6 +189,66 @@ def _store(path: str, compiled) -> None:
 
 _LOCK = threading.Lock()
 
+MAX_MEMORY_ENV = "JAXVISION_MAX_MEMORY"  # GB a program may use; 0 / none: no check
+
+
+def memory_needed(compiled) -> int | None:
+  """Bytes a compiled program's buffers take (arguments, outputs, temporaries), from XLA's
+  memory analysis; None when the backend does not say."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001 - no analysis on this backend: nothing to check
+    return None
+
+
+def memory_available(device=None) -> int | None:
+  """Bytes a program may use: JAXVISION_MAX_MEMORY (GB) when set, else what the device
+  has free (an accelerator's own memory; on the CPU the host's MemAvailable)."""
+  from jaxvision.core.errors import ConfigError
+  v = os.environ.get(MAX_MEMORY_ENV, "").strip().lower()
+  if v:
+    if v in ("0", "none", "off"):
+      return None
+    try:
+      gb = float(v)
+    except ValueError:
+      gb = float("nan")
+    if not gb > 0 or gb == float("inf"):
+      raise ConfigError(f"{MAX_MEMORY_ENV}={v!r}: must be a positive number of GB "
+                        "(0 or none: no check)")
+    return int(gb * 1e9)
+  import jax
+  device = device or jax.devices()[0]
+  if device.platform != "cpu":
+    try:
+      stats = device.memory_stats() or {}
+      return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001
+      return None
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(compiled, what: str, device=None) -> None:
+  """Raises ResourceError when `compiled` needs more memory than `memory_available`."""
+  from jaxvision.core.errors import ResourceError
+  need, have = memory_needed(compiled), memory_available(device)
+  if need is not None and have is not None and need > have:
+    raise ResourceError(f"{what}: needs about {need / 1e9:.1f} GB of memory, "
+                        f"{have / 1e9:.1f} GB available (a smaller image, or set "
+                        f"{MAX_MEMORY_ENV} in GB to change the limit)")
+
 
 def _lookup(key: str, device=None):
   compiled = _MEMORY.get(key)
@@ -226,9 +289,13 @@ class Executables:
           compiled = _MEMORY[key] = _compiled(key, jitted.lower(*static, *args))
     return compiled
 
-  def call(self, jitted, static: tuple, *args):
-    """`jitted(*static, *args)` (static: its static_argnums, first) via a cached executable."""
-    return self.get(jitted, static, args)(*args)
+  def call(self, jitted, static: tuple, *args, what: str | None = None):
+    """`jitted(*static, *args)` (static: its static_argnums, first) via a cached executable;
+    with `what` (the input it works on), refused first when its memory would not fit."""
+    compiled = self.get(jitted, static, args)
+    if what is not None:
+      check_memory(compiled, what, _device(args))
+    return compiled(*args)
 
   def prepare(self, requests) -> int:
     """Makes the executables of [(jitted, static, args)] ready before they are called (args

@@ -256,6 +256,17 @@ def to_uint8(x) -> np.ndarray:
   return (np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def output_uint8(x, what: str) -> np.ndarray:
+  """A model's float output in [0, 1] -> uint8, as `to_uint8`; refused (DataError naming
+  `what`, nothing written) when it holds NaN or infinity: a diverged or damaged checkpoint
+  gives a clear line, not a black or noise image that looks like a result."""
+  x = np.asarray(x, np.float32)
+  if not np.isfinite(x).all():
+    raise DataError(f"{what}: the model's output holds NaN or infinity (a diverged or "
+                    "damaged checkpoint?); nothing written")
+  return to_uint8(x)
+
+
 def write_png(path: str, array, *, make_folder: bool = False, compress_level: int = 3) -> None:
   """Writes a uint8 (H,W), (H,W,3) or (H,W,4) array as a PNG, atomically.
 

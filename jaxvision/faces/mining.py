@@ -25,9 +25,9 @@ import numpy as np
 
 from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
-from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, calibration_windows,
-                                   crop_regions, crop_resize, integral_image, iou_matrix,
-                                   pyramid_windows, rerec)
+from jaxvision.faces.boxes import (CAL_SCALES, CAL_SHIFTS, apply_calibration, area_crops, bbreg,
+                                   calibration_windows, crop_regions, crop_resize,
+                                   integral_image, iou_matrix, pyramid_windows, rerec)
 from jaxvision.faces.models import normalize
 
 NEG, POS, PART, LANDMARK = 0, 1, 2, 3
@@ -140,7 +140,7 @@ def mine_image(record: dict, opts: MiningOptions, rng: np.random.Generator,
   usable = (np.minimum(fw, fh) >= opts.min_face) & ~ignore
   faces = boxes[usable]
   if opts.calibration:
-    return _mine_calibration(image, faces, opts, rng)
+    return _mine_calibration(image, faces, opts, rng, proposals)
   parts = [_random_squares(rng, opts.negatives_per_image, 12, min(h, w) / 2, h, w),
            _perturb(rng, faces, opts.windows_per_face)]
   if proposals is not None:
@@ -170,15 +170,48 @@ def mine_image(record: dict, opts: MiningOptions, rng: np.random.Generator,
           "box": tb, "landmarks": np.nan_to_num(lm, nan=0.0)}
 
 
-def _mine_calibration(image, faces, opts, rng):
+def proposal_calibration(windows, faces) -> tuple[np.ndarray, np.ndarray]:
+  """Windows the earlier stages let through that a calibration pattern can correct ->
+  (those windows (K, 4), their labels (K,)): each window against the face it overlaps
+  most, as (s, xn, yn) with window = (x + xn w, y + yn h, s w, s h) (the inverse of Li et
+  al.'s correction, `calibration_windows`), labelled with the nearest pattern (s on a log
+  scale). Windows beyond the patterns' reach (s outside 0.79-1.27, a shift above 0.25 of
+  the face, or no overlap) are left out: no pattern would bring them onto the face."""
+  windows = np.asarray(windows, np.float32).reshape(-1, 4)
+  faces = np.asarray(faces, np.float32).reshape(-1, 4)
+  if not len(windows) or not len(faces):
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+  iou = iou_matrix(windows, faces)
+  j = np.argmax(iou, axis=1)
+  f = faces[j]
+  fw, fh = f[:, 2] - f[:, 0], f[:, 3] - f[:, 1]
+  ww, wh = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
+  s = np.sqrt(np.maximum(ww * wh, 1e-12) / np.maximum(fw * fh, 1e-12))
+  xn, yn = (windows[:, 0] - f[:, 0]) / fw, (windows[:, 1] - f[:, 1]) / fh
+  scales, shifts = np.log(np.asarray(CAL_SCALES)), np.asarray(CAL_SHIFTS)
+  si = np.argmin(np.abs(np.log(s)[:, None] - scales[None]), axis=1)
+  xi = np.argmin(np.abs(xn[:, None] - shifts[None]), axis=1)
+  yi = np.argmin(np.abs(yn[:, None] - shifts[None]), axis=1)
+  reach = ((iou[np.arange(len(windows)), j] > 0) & (s >= CAL_SCALES[0] / 1.05)
+           & (s <= CAL_SCALES[-1] * 1.05) & (np.abs(xn) <= 0.25) & (np.abs(yn) <= 0.25))
+  return windows[reach], ((si * 3 + xi) * 3 + yi)[reach]
+
+
+def _mine_calibration(image, faces, opts, rng, proposals=None):
+  """The 45 patterns applied to each face (Li et al.), plus, with `proposals`, the windows
+  the earlier stages let through that a pattern can correct (`proposal_calibration`)."""
   k = max(1, opts.windows_per_face)
   f = np.repeat(faces, k, axis=0)
   labels = rng.integers(0, 45, len(f))
-  if not len(f):
+  win = calibration_windows(f, labels) if len(f) else np.zeros((0, 4), np.float32)
+  if proposals is not None:
+    pw, pl = proposal_calibration(proposals, faces)
+    win, labels = np.concatenate([win, pw]), np.concatenate([labels, pl])
+  if not len(win):
     return _empty(opts.size)
-  win = calibration_windows(f, labels)
+  n = len(win)
   return {"crops": crop_resize(image, win, opts.size), "label": labels.astype(np.int8),
-          "box": np.zeros((len(f), 4), np.float32), "landmarks": np.zeros((len(f), 10), np.float32)}
+          "box": np.zeros((n, 4), np.float32), "landmarks": np.zeros((n, 10), np.float32)}
 
 
 def concat_samples(parts: Sequence[dict], size: int) -> dict[str, np.ndarray]:
@@ -405,7 +438,7 @@ def mine_source(source, opts: MiningOptions, seed: int, max_images: int | None =
     rng = np.random.default_rng([seed, i])
     rec = source[i]
     prop = None
-    if stages and not opts.calibration:
+    if stages:  # detection and calibration nets alike see what the earlier stages pass
       prop = propose(rec["image"], stages, min_size, max_windows, rng)
       if len(prop) > max_proposals:
         prop = prop[rng.choice(len(prop), max_proposals, replace=False)]

@@ -158,7 +158,7 @@ def face_make_data(config):
   previous = list(d.get("previous_stages", ()) or ())
   thresholds = list(d.get("previous_thresholds", ()) or ())
   stages = []
-  if previous and not calibration:  # calibration samples come from the faces themselves
+  if previous:  # calibration nets too: the patterns on the faces and what these let through
     for i, w in enumerate(previous):
       stages.append(mining.load_stage(w, float(thresholds[i]) if i < len(thresholds) else 0.5))
   lead = jax.process_index() == 0

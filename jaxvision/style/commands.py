@@ -114,7 +114,7 @@ def stylize(args) -> None:
     h, w = x.shape[:2]
     t = time.time()
     y, what = run(x)
-    io.write_png(dst, io.to_uint8(y))
+    io.write_png(dst, io.output_uint8(y, src))
     inputs.say(f"{src} -> {dst}: {w}x{h}, {what}, {time.time() - t:.2f}s")
 
   if folder:

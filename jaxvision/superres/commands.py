@@ -45,7 +45,7 @@ def upscale_command(args) -> None:
     t = time.time()
     y = upscale(model, variables, image.astype(np.float32) / 255.0, tile=args.tile,
                 max_pixels=args.max_pixels, apply_fn=apply_fn)
-    y = (y * 255.0 + 0.5).astype(np.uint8)
+    y = io.output_uint8(y, src)
     if alpha is not None:  # alpha is not the network's business: bicubic
       y = np.concatenate([y, imresize(alpha, float(model.scale))[..., None]], axis=-1)
     io.write_png(dst, y)

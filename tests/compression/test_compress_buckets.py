@@ -255,6 +255,7 @@ for name in ("bmshj2018-hyperprior", "mbt2018-mean"):
 
 
 @pytest.mark.slow
+@pytest.mark.longrun
 def test_files_and_pixels_identical_across_xla_flags(tmp_path):
   """Encode with the default XLA flags; decode (and encode again) with oneDNN and with 8
   host devices: the same files, the same pixels."""

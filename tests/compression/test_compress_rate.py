@@ -1,5 +1,6 @@
 """The file size is within 1% (plus the header) of the model's estimated rate, for a
 model trained a few hundred steps with the training task's own loss."""
+import pytest
 import functools
 
 import jax
@@ -33,6 +34,7 @@ def _images(rng, n, size):
   return out
 
 
+@pytest.mark.longrun
 def test_file_size_within_one_percent_of_estimate():
   from jaxvision.compression.task import rd_loss
   model = create_model("bmshj2018-hyperprior", N=8, M=12)

@@ -12,6 +12,7 @@ from tests.conftest import run, train_cmd
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.longrun
 def test_train_then_code(tmp_path, tfds_dir, capsys):
   work = tmp_path / "codec"
   over = {"model.kwargs.N": 8, "model.kwargs.M": 12, "data.crop_size": 64,

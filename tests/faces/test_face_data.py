@@ -121,6 +121,37 @@ def test_calibration_windows_are_undone_by_the_correction():
                              atol=1e-4)
 
 
+def test_proposals_give_calibration_samples_of_their_own_pattern():
+  """Windows the earlier stages let through: one at each pattern's exact offset from a
+  face gets that pattern's label (then the correction of that label recovers the face);
+  windows a little off a pattern get the nearest one; windows out of reach (far, too big,
+  too small, no overlap) give no sample. mine_image adds them to the perturbed faces."""
+  faces = np.array([[10, 20, 50, 70], [100, 40, 130, 80]], np.float32)
+  exact = geometry.calibration_windows(np.repeat(faces[:1], 45, 0), np.arange(45))
+  win, lab = mining.proposal_calibration(exact, faces)
+  assert lab.tolist() == list(range(45))
+  np.testing.assert_allclose(geometry.apply_calibration(win, np.eye(45, dtype=np.float32)[lab]),
+                             np.repeat(faces[:1], 45, 0), atol=1e-4)
+  w, h = 30.0, 40.0  # the second face: off the grid, to the nearest pattern
+  near = np.array([[100 + 0.15 * w, 40 - 0.02 * h, 100 + 0.15 * w + 1.08 * w,
+                    40 - 0.02 * h + 1.08 * h]], np.float32)
+  _, lab = mining.proposal_calibration(near, faces)
+  assert lab.tolist() == [geometry.calibration_label(1.10, 0.17, 0.0)]
+  out = np.array([[10 + 0.4 * 40, 20, 10 + 0.4 * 40 + 40, 70],   # shifted 0.4 of the face
+                  [10, 20, 10 + 40 * 1.5, 20 + 50 * 1.5],         # 1.5x the face
+                  [10, 20, 10 + 40 * 0.6, 20 + 50 * 0.6],         # 0.6x
+                  [300, 300, 340, 350]], np.float32)              # no overlap
+  assert len(mining.proposal_calibration(out, faces)[0]) == 0
+  rec = {"image": np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8),
+         "boxes": faces}
+  opts = mining.MiningOptions(size=12, windows_per_face=3, calibration=True)
+  alone = mining.mine_image(rec, opts, np.random.default_rng(0))
+  more = mining.mine_image(rec, opts, np.random.default_rng(0),
+                           proposals=np.concatenate([exact, out]))
+  assert len(alone["label"]) == 6 and len(more["label"]) == 6 + 45
+  assert more["label"][6:].tolist() == list(range(45))
+
+
 class WiderFaceMock(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The tfds `wider_face` features, written as array_record in the test."""
   name = "wider_face"

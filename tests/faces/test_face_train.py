@@ -129,7 +129,8 @@ def test_pnet_trains_on_the_embedded_faces_then_feeds_the_next_stage(tmp_path, t
 
 def test_cascade_cnn_chain_trains_and_detects(tmp_path, tfds_dir):
   """12-net, then the 12-calibration net (trained on the 45 calibration patterns applied to
-  the faces, as in Li et al.), both through `python -m train`; the calibration workdir
+  the faces, as in Li et al., and on the 12-net's survivors), both through `python -m
+  train`; the calibration workdir
   names the 12-net as its previous stage, and `detect-faces --model cascade-cnn` runs the
   chain 12-net -> 12-cal -> NMS."""
   import sys

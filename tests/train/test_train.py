@@ -67,6 +67,7 @@ def read_event_tags(path):
   return tags
 
 
+@pytest.mark.longrun
 def test_eight_devices_match_one(tmp_path, tfds_dir):
   """8 fake CPU devices (batch sharded 1 per device) = 1 device, after 4 steps.
 
@@ -98,6 +99,7 @@ def test_eight_devices_match_one(tmp_path, tfds_dir):
   assert abs(l1 - l8) <= 1e-5 * max(1.0, abs(l1))
 
 
+@pytest.mark.longrun
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, tfds_dir):
   """kill -9 mid-run, restart: same final parameters as a run never interrupted."""
   over = dict(total_steps=40, checkpoint_every=5, eval_every=1000, log_every=5,
@@ -177,6 +179,7 @@ def test_bad_config_is_one_line_error(tmp_path, tfds_dir):
   assert p.returncode == 1 and "unknown operator 'no_such_op'" in p.stderr
 
 
+@pytest.mark.longrun
 def test_two_processes_train_and_resume(tmp_path, tfds_dir):
   """Multi-host on one machine: 2 processes (gloo), each loading its own data shard;
   each saves its own iterator state, and both resume from it."""

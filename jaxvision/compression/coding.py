@@ -484,24 +484,56 @@ _PREPARED: dict = {}
 HOST_H_S = {"calls": 0}
 
 
-def _prepared(model, variables) -> _Prepared:
-  """Per (model, variables): device copies and the fixed-point nets, built once."""
-  key = (id(variables), model)
+def _prepared(model, variables, device=None) -> _Prepared:
+  """Per (model, variables, device): device copies and the fixed-point nets, built once
+  (device None: the default device)."""
+  key = (id(variables), model, None if device is None else device.id)
   hit = _PREPARED.get(key)
   if hit is not None and hit[0] is variables:
     return hit[1]
-  nets = dev = arrays = None
-  if is_hyperprior(model):
-    nets = fixed_point_nets(model, variables)
-    full = fxdevice.prepare(nets)
-    if full is not None:
-      dev, arrays = fxdevice.static(full), jax.device_put(fxdevice.device_arrays(full))
-  prep = _Prepared(jax.device_put(variables), nets, dev, arrays,
-                   jax.default_backend() != "cpu")
-  if len(_PREPARED) > 8:
+  if device is not None:  # the host nets of the default's, the arrays copied to `device`
+    base = _prepared(model, variables)
+    prep = base._replace(variables=jax.device_put(base.variables, device),
+                         dev_arrays=(None if base.dev_arrays is None
+                                     else jax.device_put(base.dev_arrays, device)))
+  else:
+    nets = dev = arrays = None
+    if is_hyperprior(model):
+      nets = fixed_point_nets(model, variables)
+      full = fxdevice.prepare(nets)
+      if full is not None:
+        dev, arrays = fxdevice.static(full), jax.device_put(fxdevice.device_arrays(full))
+    prep = _Prepared(jax.device_put(variables), nets, dev, arrays,
+                     jax.default_backend() != "cpu")
+  if len(_PREPARED) > 16:
     _PREPARED.clear()
   _PREPARED[key] = (variables, prep)  # holds `variables`: its id stays unique
   return prep
+
+
+def devices() -> list:
+  """The devices a folder's images are spread over: every local CPU device on the CPU
+  backend (one per core under `jaxvision`, core.compile.use_cpu_cores), else the first."""
+  if jax.default_backend() == "cpu":
+    return jax.local_devices(backend="cpu")
+  return jax.local_devices()[:1]
+
+
+def device_lanes(sizes, n_devices: int) -> dict:
+  """{bucket: device index} for images of `sizes` [(h, w)]: whole buckets to a device (each
+  device then loads only its buckets' programs), the largest total first to the least
+  loaded device, so that the devices get about as many pixels each."""
+  load: dict = {}
+  for h, w in sizes:
+    b = bucket_for(h, w)  # (the same as for the padded size: buckets are multiples of it)
+    load[b] = load.get(b, 0) + b[0] * b[1]
+  given = [0] * max(1, n_devices)
+  lanes = {}
+  for b in sorted(load, key=lambda b: (-load[b], b)):
+    k = min(range(len(given)), key=lambda i: (given[i], i))
+    lanes[b] = k
+    given[k] += load[b]
+  return lanes
 
 
 def bucket_side(n: int) -> int:
@@ -619,18 +651,19 @@ def _seq_h_s(module, z_hat):
 
 
 def prepare_programs(model, variables, sizes, *, encode: bool = False,
-                     decode: bool = False, estimate: bool = False) -> int:
+                     decode: bool = False, estimate: bool = False, device_of=None) -> int:
   """Loads or compiles ahead of time the programs that `compress` (`encode`; `estimate`:
   with `info`) and `decompress` (`decode`) need for images of `sizes` [(h, w)], the
   missing ones in parallel (programs.prepare). Returns how many were compiled. Optional:
-  the coder compiles whatever is missing when it gets there."""
+  the coder compiles whatever is missing when it gets there. `device_of(bucket)`: the
+  device each bucket's programs run on (None: the default device)."""
   import jax
   spec = jax.ShapeDtypeStruct
   i32 = spec((), np.int32)
-  prep = _prepared(model, variables)
   hyper = is_hyperprior(model)
   requests = []
   for big_h, big_w in sorted({bucket_for(h, w) for h, w in sizes}):
+    prep = _prepared(model, variables, device_of((big_h, big_w)) if device_of else None)
     yb = (1, big_h // 16, big_w // 16, model.M)
     if encode:
       requests.append((_encode_program, (model, prep.dev, prep.use_dot, estimate),
@@ -662,7 +695,7 @@ def _crop(a, h, w):
 
 
 def compress(model, variables, tables, x, timings: Timings | None = None,
-             info: dict | None = None, what: str | None = None):
+             info: dict | None = None, what: str | None = None, device=None):
   """(1, H, W, 3) float in [0, 1] -> (strings, latent_shapes).
 
   Hyperpriors: strings = [z, y]; the y indexes come from the z symbols through the
@@ -672,7 +705,8 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
   `info`, info["estimated_bits"] gets the model's estimate {latent: bits, "total"}
   (float32 sums on the device; `estimate_bits` is the float64 host version). With `what`
   (the input's name), a program whose memory would not fit is refused first, naming it
-  (core.executables.check_memory).
+  (core.executables.check_memory). `device`: where the programs run (None: the default
+  device); every device gives the same bytes.
   """
   x = np.asarray(x, np.float32)
   if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != 3:
@@ -681,7 +715,7 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
   hp, wp = xp.shape[1:3]
   big_h, big_w = bucket_for(hp, wp)
   yh, yw, zh, zw = hp // 16, wp // 16, hp // STRIDE, wp // STRIDE
-  prep = _prepared(model, variables)
+  prep = _prepared(model, variables, device)
   with _net(timings):
     out = programs.call(_encode_program, (model, prep.dev, prep.use_dot, info is not None),
                         prep.variables, prep.dev_arrays,
@@ -721,12 +755,13 @@ def compress(model, variables, tables, x, timings: Timings | None = None,
 
 
 def decompress(model, variables, tables, strings, latent_shapes, height, width,
-               timings: Timings | None = None, what: str | None = None):
+               timings: Timings | None = None, what: str | None = None, device=None):
   """Inverse of `compress`: (1, height, width, 3) float32 in [0, 1].
 
   Raises ValueError for shapes that do not fit the image size (before allocating
   anything) and for strings that do not decode cleanly; with `what` (the file's name),
-  ResourceError for a synthesis whose memory would not fit, before it runs.
+  ResourceError for a synthesis whose memory would not fit, before it runs. `device` as
+  in `compress` (every device gives the same pixels).
   """
   want = latent_shapes_for(model, height, width)
   if [tuple(s) for s in latent_shapes] != want or len(strings) != len(want):
@@ -734,7 +769,7 @@ def decompress(model, variables, tables, strings, latent_shapes, height, width,
                      f"match a {height}x{width} image for this model ({want})")
   big_h, big_w = bucket_for(height, width)
   yb = (big_h // 16, big_w // 16)
-  prep = _prepared(model, variables)
+  prep = _prepared(model, variables, device)
 
   def synth(method, y_hat, *side):
     _, yh, yw, _ = y_hat.shape

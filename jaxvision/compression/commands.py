@@ -64,7 +64,8 @@ def compress(args) -> None:
     header, strings = files.compress_image(model, variables, tables, x,
                                            model_name=config.model.name,
                                            quality=config.model.kwargs.quality,
-                                           channels=channels, info=info, what=src)
+                                           channels=channels, info=info, what=src,
+                                           device=device_of(coding.bucket_for(h, w)))
     try:
       n = files.write_jvc(dst, header, strings)
     except OSError as e:
@@ -79,10 +80,26 @@ def compress(args) -> None:
   if folder:
     inputs.make_folder(args.output)
   # Every bucket's program at once (compiled in parallel when missing), from the image
-  # headers; an unreadable image is left to `one` to report.
-  coding.prepare_programs(model, variables, [s for s in map(_image_size, jobs) if s],
-                          encode=True, estimate=True)
-  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
+  # headers; an unreadable image is left to `one` to report. The buckets are shared out
+  # over the devices (one per core on a CPU), whose lanes run at once.
+  sizes = [_image_size(job) for job in jobs]
+  device_of, lanes = _lanes(sizes)
+  coding.prepare_programs(model, variables, [s for s in sizes if s], encode=True,
+                          estimate=True, device_of=device_of)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder,
+                  lanes=lanes).raise_if_failed()
+
+
+def _lanes(sizes):
+  """(device_of(bucket), a lane per job) for jobs of `sizes` [(h, w) or None]: whole
+  buckets to each device (coding.device_lanes); one device: (None for all, no lanes)."""
+  from jaxvision.compression import coding
+  devs = coding.devices()
+  if len(devs) < 2:
+    return (lambda bucket: None), None
+  lane_of = coding.device_lanes([s for s in sizes if s], len(devs))
+  lanes = [lane_of[coding.bucket_for(*s)] if s else 0 for s in sizes]
+  return (lambda bucket: devs[lane_of.get(bucket, 0)]), lanes
 
 
 def _image_size(job):
@@ -152,7 +169,8 @@ def decompress(args) -> None:
                       "hyperprior file from a jaxvision older than its fixed-point coding")
     try:
       x = coding.decompress(model, variables, tables, strings, header.latent_shapes,
-                            header.height, header.width, what=src)
+                            header.height, header.width, what=src,
+                            device=device_of(coding.bucket_for(header.height, header.width)))
     except ValueError as e:
       raise files.JvcError(f"{src}: {first_line(e, 1000)}") from None
     y = (x[0] * 255.0 + 0.5).astype(np.uint8)
@@ -161,11 +179,15 @@ def decompress(args) -> None:
     write_png(dst, y)
     inputs.say(f"{src} -> {dst}: {header.width}x{header.height}")
 
+  device_of, lanes = (lambda bucket: None), None
   if folder:
     inputs.make_folder(args.output)
-    coding.prepare_programs(model, variables, [s for s in map(_jvc_size, jobs) if s],
-                            decode=True)
-  inputs.for_each(jobs, one, command=args.command, strict=not folder).raise_if_failed()
+    sizes = [_jvc_size(job) for job in jobs]
+    device_of, lanes = _lanes(sizes)
+    coding.prepare_programs(model, variables, [s for s in sizes if s], decode=True,
+                            device_of=device_of)
+  inputs.for_each(jobs, one, command=args.command, strict=not folder,
+                  lanes=lanes).raise_if_failed()
 
 
 def _rd_images(args):

@@ -217,12 +217,12 @@ def header_for(model_name: str, quality: int, height: int, width: int, channels:
 
 
 def compress_image(model, variables, tables, x, *, model_name: str, quality: int,
-                   channels: int = 3, timings=None, info=None,
-                   what: str | None = None) -> tuple[JvcHeader, list[bytes]]:
+                   channels: int = 3, timings=None, info=None, what: str | None = None,
+                   device=None) -> tuple[JvcHeader, list[bytes]]:
   """(header, strings) of a (1, H, W, 3) float image in [0, 1], ready for `write_jvc`:
   `coding.compress` and `header_for` (`channels` = 1 marks a grey source, which
   `jaxvision decompress` writes back as grey; `timings`, `info`, `what` (the source's name
-  for errors) as in `coding.compress`)."""
+  for errors), `device` as in `coding.compress`)."""
   from jaxvision.compression import coding
   from jaxvision.compression.tables import tables_crc
   _, h, w, _ = np.shape(x)
@@ -231,5 +231,5 @@ def compress_image(model, variables, tables, x, *, model_name: str, quality: int
       raise JvcError(f"{what or 'image'}: {what_} {v} is more than a .jvc file holds "
                      f"(at most {MAX_SIDE} pixels)")
   strings, shapes = coding.compress(model, variables, tables, x, timings=timings, info=info,
-                                    what=what)
+                                    what=what, device=device)
   return header_for(model_name, quality, h, w, channels, shapes, tables_crc(tables)), strings

@@ -262,8 +262,37 @@ def _lookup(key: str, device=None):
   return compiled
 
 
+_BYPASS = {"depth": 0, "saved": None}
+_BYPASS_LOCK = threading.Lock()
+
+
+class _without_jax_cache:
+  """Compiles inside it skip JAX's persistent cache (neither read nor written).
+
+  Why: an executable that JAX's cache handed back (deserialized) serializes without some
+  of its functions on XLA:CPU (jax 0.10.2): our file of it then loads, and its run fails
+  with "NOT_FOUND: Function wrapped_tanh not found". So the programs this module stores
+  are always compiled afresh; JAX's cache would only have been a second copy of them."""
+
+  def __enter__(self):
+    from jax._src import compilation_cache as cc
+    with _BYPASS_LOCK:
+      if _BYPASS["depth"] == 0:
+        _BYPASS["saved"] = cc.is_cache_used
+        cc.is_cache_used = lambda backend: False
+      _BYPASS["depth"] += 1
+
+  def __exit__(self, *exc):
+    from jax._src import compilation_cache as cc
+    with _BYPASS_LOCK:
+      _BYPASS["depth"] -= 1
+      if _BYPASS["depth"] == 0:
+        cc.is_cache_used = _BYPASS["saved"]
+
+
 def _compiled(key, lowered):
-  compiled = lowered.compile()
+  with _without_jax_cache():
+    compiled = lowered.compile()
   folder = _folder()
   if folder:
     _store(os.path.join(folder, key), compiled)
@@ -303,8 +332,11 @@ class Executables:
     a time as there are CPUs (lowering, which traces Python, one at a time). A folder of
     photos in several buckets then compiles in parallel instead of one program after the
     other. Returns how many were compiled. Failures are left to `call`, which raises."""
+    from concurrent.futures import ThreadPoolExecutor
     todo, seen = [], set()
     with _LOCK:
+      # (files are loaded one at a time: XLA:CPU's loading of two executables at once in
+      # one process loses functions, "Function wrapped_tanh not found", jax 0.10.2)
       for jitted, static, args in requests:
         key = _key(jitted, static, args, self.sources)
         if key in seen or _lookup(key, _device(args)) is not None:
@@ -316,7 +348,6 @@ class Executables:
           pass
       if not todo:
         return 0
-      from concurrent.futures import ThreadPoolExecutor
       with ThreadPoolExecutor(max(1, min(len(todo), os.cpu_count() or 1))) as pool:
         futures = [(key, pool.submit(_compiled, key, lowered)) for key, lowered in todo]
         for key, f in futures:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 from typing import Any, Callable, Iterable, Sequence
 
 from jaxvision.core.errors import DataError, UserError, first_line
@@ -135,7 +136,12 @@ def make_folder(path: str) -> None:
 
 
 def say(line: str) -> None:
-  """Prints a result line on stdout; an active progress bar (stderr) is redrawn below it."""
+  """Prints a result line on stdout; an active progress bar (stderr) is redrawn below it.
+  In a lane of `for_each` the line waits for its item's turn."""
+  lines = getattr(_CAPTURE, "lines", None)
+  if lines is not None:
+    lines.append(line)
+    return
   from tqdm import tqdm
   tqdm.write(line, file=sys.stdout)
 
@@ -159,7 +165,7 @@ class Outcome:
 
 
 def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict: bool = False,
-             label: Callable[[Any], str] = _label) -> Outcome:
+             label: Callable[[Any], str] = _label, lanes: Sequence[int] | None = None) -> Outcome:
   """Runs `fn(item)` for each item; `Outcome.results` maps the label to fn's result.
 
   A `UserError` (an unreadable image, a damaged .jvc, ...) or `OSError` from one item is
@@ -168,17 +174,31 @@ def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict:
   error propagates unchanged: the single-file commands behave as they always did.
   Anything else is a bug and stops the loop with its traceback.
 
+  `lanes` (one number per item): the items of each lane run one after another in a thread
+  of their own, the lanes at once (a command gives each device a lane); results, `say`
+  lines and error lines still come out in the items' order.
+
   More than PROGRESS_MIN items get a tqdm bar on stderr (only on a terminal: tqdm turns it
   off for pipes and files, so logs hold no bar debris).
   """
   from tqdm import tqdm
 
   out = Outcome(total=len(items))
+  parallel = lanes is not None and len(set(lanes)) > 1 and not strict
+  pending = _run_in_lanes(items, fn, lanes) if parallel else None
   with progress(len(items)) as bar:
-    for item in items:
+    for i, item in enumerate(items):
       name = label(item)
       try:
-        out.results[name] = fn(item)
+        if pending is None:
+          out.results[name] = fn(item)
+        else:
+          lines, result = pending[i].result()
+          for line in lines:
+            say(line)
+          if isinstance(result, BaseException):
+            raise result
+          out.results[name] = result
       except (UserError, OSError) as e:
         if strict:
           raise
@@ -190,8 +210,36 @@ def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict:
           why = f"{name}: {why}"
         out.failed.append(name)
         tqdm.write(f"jaxvision {command}: error: {why}", file=sys.stderr)
+      except BaseException:
+        if pending is not None:
+          for f in pending:
+            f.cancel()
+        raise
       bar.update()
   return out
+
+
+_CAPTURE = threading.local()  # a lane's `say` lines, kept for the item's turn
+
+
+def _run_in_lanes(items, fn, lanes):
+  """Futures of (say lines, fn's result or exception) per item, one thread per lane."""
+  import concurrent.futures
+
+  def run(item):
+    _CAPTURE.lines = []
+    try:
+      return _CAPTURE.lines, fn(item)
+    except Exception as e:  # noqa: BLE001 - handed to the caller's thread, in order
+      return _CAPTURE.lines, e
+    finally:
+      _CAPTURE.lines = None
+
+  pools = {lane: concurrent.futures.ThreadPoolExecutor(1) for lane in sorted(set(lanes))}
+  futures = [pools[lane].submit(run, item) for item, lane in zip(items, lanes)]
+  for pool in pools.values():
+    pool.shutdown(wait=False)  # each finishes its queue; the caller waits on the futures
+  return futures
 
 
 def progress(total: int, unit: str = "file"):

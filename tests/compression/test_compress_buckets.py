@@ -301,3 +301,42 @@ def test_executable_files_load_and_refuse_foreign_globals(tmp_path):
   assert programs._load(str(tmp_path / "evil")) is None and not marker.exists()
   (tmp_path / "short").write_bytes(open(path, "rb").read()[:100])
   assert programs._load(str(tmp_path / "short")) is None
+
+
+def test_device_lanes_give_whole_buckets_about_equal_pixels():
+  sizes = [(h, w) for h, w, _ in SIZES] + [(h, w) for h, w, _ in MORE]
+  lanes = coding.device_lanes(sizes, 2)
+  assert set(lanes) == {coding.bucket_for(h, w) for h, w in sizes} and set(lanes.values()) == {0, 1}
+  load = [0, 0]
+  for h, w in sizes:
+    b = coding.bucket_for(h, w)
+    load[lanes[b]] += b[0] * b[1]
+  biggest = max(sum(b[0] * b[1] for s in sizes if coding.bucket_for(*s) == b) for b in lanes)
+  assert abs(load[0] - load[1]) <= biggest  # greedy: within one bucket's share
+  assert set(coding.device_lanes(sizes, 1).values()) == {0}
+
+
+def test_two_devices_write_the_same_files_as_one(tmp_path):
+  """A folder spread over two CPU devices (the CLI's one per core; each bucket's images on
+  one device, the lanes at once) gives the very bytes and pixels of one device."""
+  name = "bmshj2018-hyperprior"
+  _, variables = _variables(name, seed=3, scale=0.5)
+  work = str(tmp_path / "codec")
+  weights.save_workdir(work, variables, task="compression", model_name=name,
+                       model_kwargs={"quality": 3, "N": N, "M": M})
+  src = str(tmp_path / "in")
+  names = _folder(src, SIZES[:6], 2)
+  out = {}
+  for n in (1, 2):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    jvc, png = str(tmp_path / f"jvc{n}"), str(tmp_path / f"png{n}")
+    for argv in (["compress", "--checkpoint", work, src, jvc],
+                 ["decompress", "--checkpoint", work, jvc, png]):
+      p = subprocess.run([sys.executable, "-m", "jaxvision.cli", *argv], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=600)
+      assert p.returncode == 0, p.stderr[-2000:]
+    out[n] = ({f: open(os.path.join(jvc, f), "rb").read() for f in sorted(os.listdir(jvc))},
+              {f: np.asarray(Image.open(os.path.join(png, f))) for f in sorted(os.listdir(png))})
+  assert out[1][0] == out[2][0] and len(out[1][0]) == len(names)
+  for f in out[1][1]:
+    np.testing.assert_array_equal(out[1][1][f], out[2][1][f], err_msg=f)

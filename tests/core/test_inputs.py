@@ -93,3 +93,32 @@ def test_tuple_items_are_labelled_by_their_input(capsys):
   out = inputs.for_each([("in/a.png", "out/a.png")], fn, command="upscale")
   assert out.failed == ["in/a.png"]
   assert capsys.readouterr().err.strip() == "jaxvision upscale: error: in/a.png: bad"
+
+
+def test_for_each_lanes_run_at_once_and_report_in_order(capsys):
+  """Items in two lanes run in two threads at the same time (each waits for the other's
+  first item), yet results, `say` lines and error lines come out in the items' order."""
+  import threading
+  started = [threading.Event(), threading.Event()]
+
+  def fn(item):
+    i, lane = item
+    if i < 2:  # the first item of each lane: both must be running at once
+      started[lane].set()
+      assert started[1 - lane].wait(10), "lanes did not run at once"
+    if i == 3:
+      raise DataError(f"{item}: broken")
+    inputs.say(f"done {i}")
+    return i * 10
+
+  items = [(0, 0), (1, 1), (2, 0), (3, 1), (4, 1)]
+  out = inputs.for_each(items, fn, command="x", lanes=[lane for _, lane in items])
+  cap = capsys.readouterr()
+  assert list(out.results.values()) == [0, 10, 20, 40] and out.failed == ["3"]
+  assert cap.out.split("\n")[:4] == ["done 0", "done 1", "done 2", "done 4"]
+  assert cap.err.strip() == "jaxvision x: error: 3: (3, 1): broken"
+
+
+def test_for_each_lanes_do_not_swallow_bugs():
+  with pytest.raises(ZeroDivisionError):
+    inputs.for_each([1, 0, 2], lambda x: 1 // x, command="x", lanes=[0, 1, 0])

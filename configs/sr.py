@@ -30,7 +30,8 @@ from configs.common import check_preset, parse_arg, set_steps
 
 # Small widths/depths for the cpu preset (full sizes are each factory's defaults).
 CPU_KWARGS = {
-    "espcn": {"features": (64, 32), "residual": True},  # residual: see jaxvision/superres/models.py
+    "espcn": {"features": (64, 32), "residual": True, "channels": "y"},  # residual: see
+    # jaxvision/superres/models.py; channels="y": the paper's (the net on Y, Cb/Cr bicubic)
     "edsr_baseline": {"n_resblocks": 4, "n_feats": 32},
     "edsr": {"n_resblocks": 4, "n_feats": 48, "res_scale": 0.1},
     "wdsr_a": {"n_resblocks": 4, "n_feats": 16},
@@ -55,6 +56,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "super_resolution"
   kwargs = dict(CPU_KWARGS[name]) if preset == "cpu" else {}
+  if name == "espcn":  # as in the paper, for both presets (older workdirs hold "rgb")
+    kwargs.setdefault("channels", "y")
   c.model = ml_collections.ConfigDict({"name": name, "kwargs": {"scale": scale, **kwargs,
                                                                 "dtype": "float32"}})
   c.loss = LOSSES.get(name, "l1")

@@ -537,23 +537,11 @@ def device_lanes(sizes, n_devices: int) -> dict:
 
 
 def bucket_side(n: int) -> int:
-  """The codec's bucket side for a side of n pixels: every multiple of 64 up to 512, then
-  m·2^k·128 for m = 5, 6, 7, 8 (640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, ...).
-
-  Like core.buckets' ladder, each step is at most x1.25, but the usual photo and screen
-  sides (512, 640, 768, 1024, 1280, 1536, 2048) are on it: on the benchmark folder the
-  buckets hold 3 % more pixels than the images padded to 64, against 20 % on the core
-  ladder (whose 448, 576, 960, 1216 sides miss them), for the same number of programs.
-  The bucket never changes a result (see above), only how much is computed."""
-  units = -(-int(n) // STRIDE)
-  if units <= 8:
-    return max(units, 1) * STRIDE
-  k = 0
-  while True:
-    for m in (5, 6, 7, 8):
-      if m * 2 ** (k + 1) >= units:
-        return m * 2 ** (k + 1) * STRIDE
-    k += 1
+  """The codec's bucket side for a side of n pixels: core.buckets' ladder in units of the
+  codec's stride 64 (every multiple of 64 up to 512, then 640, 768, 896, 1024, 1280, 1536,
+  1792, 2048, 2560, ...). The bucket never changes a result (see above), only how much is
+  computed."""
+  return buckets.bucket_side(n, STRIDE)
 
 
 def bucket_for(height: int, width: int) -> tuple[int, int]:

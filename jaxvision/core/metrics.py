@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["psnr", "ssim", "ms_ssim", "rgb_to_ycbcr", "y_channel"]
+__all__ = ["psnr", "ssim", "ms_ssim", "rgb_to_ycbcr", "ycbcr_to_rgb", "y_channel"]
 
 # ITU-R BT.601, as MATLAB ``rgb2ycbcr`` / ``skimage.color.rgb2ycbcr``: for
 # RGB in [0, 1], Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, etc.
@@ -333,6 +334,19 @@ def rgb_to_ycbcr(rgb, data_range=1.0) -> jnp.ndarray:
     data_range``.
     """
     return _ycbcr_impl(_check_rgb("rgb_to_ycbcr", rgb), data_range, luma_only=False)
+
+
+def ycbcr_to_rgb(ycbcr, data_range=1.0) -> jnp.ndarray:
+    """The inverse of :func:`rgb_to_ycbcr` (BT.601 studio swing), on the same scale; no
+    clipping (values outside the RGB cube stay outside)."""
+    ycbcr = jnp.asarray(ycbcr)
+    if ycbcr.shape[-1] != 3:
+        raise ValueError(f"ycbcr_to_rgb: expected (..., 3), got {ycbcr.shape}")
+    inv = np.linalg.inv(np.asarray(_YCBCR_FROM_RGB, np.float64)) * 255.0
+    data_range = jnp.asarray(data_range, jnp.float32)
+    v = ycbcr * (255.0 / data_range) - jnp.asarray(_YCBCR_OFFSET, jnp.float32)
+    rgb = jnp.einsum("...c,rc->...r", v, jnp.asarray(inv, jnp.float32)) / 255.0
+    return rgb * data_range
 
 
 def y_channel(rgb, data_range=1.0) -> jnp.ndarray:

@@ -198,9 +198,21 @@ def _load(weights, arch, width, seed):
   if key not in _WARNED:
     _WARNED.add(key)
     print(f"warning: descriptor {arch} has RANDOM weights (no VGG weights given): perceptual "
-          "and style losses use random features. Pass a torchvision vgg16-397923af.pth or a "
-          "Keras vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (docs/style.md).", flush=True)
+          f"and style losses use random features. Pass a torchvision {arch} .pth or a Keras "
+          f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5 (docs/style.md).", flush=True)
   return variables, False, arch, width
+
+
+def arch_of_state_dict(sd: dict, what: str = "weights") -> str:
+  """'vgg16' or 'vgg19' from a torchvision or Keras VGG state dict (its number of 3x3
+  convolutions: 13 or 16), else a WeightsError naming `what`."""
+  n = sum(1 for k, v in sd.items() if getattr(v, "ndim", 0) == 4 and (
+      k.startswith("features.") or "_conv" in k))
+  for arch, blocks in CONFIGS.items():
+    if n == sum(len(b) for b in blocks):
+      return arch
+  raise jv_weights.WeightsError(f"{what}: {n} convolution kernels, not a VGG-16 (13) or "
+                                "VGG-19 (16) file")
 
 
 def load_descriptor(weights: str | None = None, arch: str = "vgg16", width: float = 1.0,
@@ -208,13 +220,24 @@ def load_descriptor(weights: str | None = None, arch: str = "vgg16", width: floa
   """(feature_fn, pretrained): feature_fn(NHWC RGB in [0,1]) -> {relu1_1: ..., relu5_x: ...}
   with the parameters closed over (a pure function: jit it or call it inside jit).
   `weights`: torchvision .pth/.safetensors, Keras .h5, a converted workdir, or None for a
-  random init (prints a warning once; pretrained is then False)."""
-  variables, pretrained, arch, width = _load(weights, arch, width, seed)  # a workdir names its own
+  random init (prints a warning once; pretrained is then False). `arch` "auto": the one
+  the weights hold (a file's convolution count, a workdir's config), VGG-19 without
+  weights. feature_fn.arch says which it is."""
+  if arch == "auto":
+    if weights and not os.path.isdir(weights):
+      sd = jv_weights.load_state_dict(weights)
+      arch = arch_of_state_dict(sd, weights)
+      variables, pretrained = convert_state_dict(sd, arch, width), True
+    else:
+      variables, pretrained, arch, width = _load(weights, "vgg19", width, seed)
+  else:
+    variables, pretrained, arch, width = _load(weights, arch, width, seed)  # a workdir: its own
   model = VGG(arch=arch, width=width)
   variables = jax.tree.map(jnp.asarray, variables)
 
   def features(x):
     return model.apply(variables, x)
 
+  features.arch = arch
   return features, pretrained
 

@@ -96,16 +96,19 @@ def stylize(args) -> None:
       fn, pretrained = perceptual.load_descriptor(args.vgg, arch=args.arch)
     except ValueError as e:  # DataError, WeightsError and an unknown arch: one line
       raise UserError(first_line(e)) from None
+    content_layer, style_layers = gatys.layers_for(fn.arch)
 
     def run(x):
       y, values = gatys.gatys(fn, x, s, steps=args.steps, method=args.optimizer,
                               learning_rate=args.learning_rate,
                               content_weight=args.content_weight,
-                              style_weight=args.style_weight, tv_weight=args.tv_weight)
+                              style_weight=args.style_weight, tv_weight=args.tv_weight,
+                              content_layer=content_layer, style_layers=style_layers)
       if not np.all(np.isfinite(y)):
         raise UserError("the optimisation diverged (non-finite image); try --optimizer adam")
       return y, (f"Gatys {args.optimizer}, {args.steps} steps, loss {values[0]:.4g} -> "
-                 f"{values[-1]:.4g}, {'pretrained' if pretrained else 'RANDOM'} {args.arch}")
+                 f"{values[-1]:.4g}, {'pretrained' if pretrained else 'RANDOM'} {fn.arch} "
+                 f"(content {content_layer}, style {', '.join(style_layers)})")
 
   def one(job):
     src, dst = job
@@ -136,7 +139,11 @@ def add(sub) -> None:
   p.add_argument("--vgg", metavar="WEIGHTS", default=None,
                  help="VGG weights: torchvision .pth, Keras .h5 or a converted workdir "
                  "(default: random weights, with a warning)")
-  p.add_argument("--arch", default="vgg16", choices=("vgg16", "vgg19"))
+  p.add_argument("--arch", default="auto", choices=("auto", "vgg16", "vgg19"),
+                 help="descriptor of --optimize: auto (default) = the one --vgg holds, VGG-19 "
+                 "without --vgg; VGG-19 uses Gatys et al.'s layers (style relu1_1..relu5_1, "
+                 "content relu4_2), VGG-16 the perceptual-loss ones (relu1_2..relu4_3, "
+                 "relu2_2)")
   p.add_argument("--steps", type=positive_int, default=100, help="optimisation steps (default 100)")
   p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"))
   p.add_argument("--learning-rate", type=positive_float, default=0.02, help="Adam step size")

@@ -26,6 +26,20 @@ from jaxvision.core import losses as L
 from jaxvision.core.errors import DataError
 
 
+# Gatys et al. 2016 (VGG-19): style from conv1_1, conv2_1, conv3_1, conv4_1, conv5_1, content
+# from conv4_2 (their ReLUs). On VGG-16 (Johnson et al.'s descriptor) the perceptual-loss
+# layers: content relu2_2, style relu1_2, relu2_2, relu3_3, relu4_3.
+PAPER_LAYERS = {
+    "vgg19": ("relu4_2", ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")),
+    "vgg16": (L.CONTENT_LAYER, tuple(L.STYLE_LAYERS)),
+}
+
+
+def layers_for(arch: str) -> tuple[str, tuple[str, ...]]:
+  """(content layer, style layers) of the optimisation on descriptor `arch`."""
+  return PAPER_LAYERS[arch]
+
+
 def gatys_objective(feature_fn: Callable, content: jnp.ndarray, style: jnp.ndarray, *,
                     content_weight: float = 1.0, style_weight: float = 1e5,
                     tv_weight: float = 1.0, content_layer: str = L.CONTENT_LAYER,

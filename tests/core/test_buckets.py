@@ -14,8 +14,16 @@ def test_ladder_is_monotone_covers_and_is_small():
   sides = [buckets.bucket_side(n, 32) for n in range(1, 4097)]
   assert all(s >= n and s % 32 == 0 for n, s in zip(range(1, 4097), sides))
   assert sides == sorted(sides)
-  assert len(set(sides)) <= 20  # a handful of programs for any folder up to 4k
-  assert max(s / n for n, s in zip(range(1, 4097), sides) if n > 128) < 1.4  # x1.25, rounded
+  assert len(set(sides)) == 24  # a handful of programs for any folder up to 4k
+  padded = lambda n: -(-n // 32) * 32
+  assert max(s / padded(n) for n, s in zip(range(1, 4097), sides)) <= 1.25
+  for side in (256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048):  # photos' sides
+    assert buckets.bucket_side(side, 32) == side
+  # the codec's ladder is this one in units of 64
+  from jaxvision.compression import coding
+  assert all(coding.bucket_side(n) == buckets.bucket_side(n, 64) for n in range(1, 4097))
+  # the earlier ladder, for callers that pass its ratio
+  assert [buckets.bucket_side(n, 32, 1.25) for n in (100, 500, 1000)] == [128, 608, 1216]
   with pytest.raises(ValueError):
     buckets.bucket_side(0)
 

@@ -155,3 +155,50 @@ def test_stylize_a_folder(tmp_path, capsys):
   assert_folder_run(code, capsys.readouterr().err, out, stems, damaged, ".png", "stylize")
   for s in stems:
     assert Image.open(out / f"{s}.png").size == Image.open(os.path.join(folder, f"{s}.png")).size
+
+
+def test_gatys_paper_layers_on_vgg19_lower_the_loss():
+  """Gatys et al.'s own setting: VGG-19, style relu1_1..relu5_1, content relu4_2 (what
+  `stylize --optimize` uses by default); on a tiny-width VGG-19 the loss falls."""
+  fn, _ = perceptual.load_descriptor(None, arch="vgg19", width=TINY_VGG)
+  assert fn.arch == "vgg19"
+  content_layer, style_layers = gatys.layers_for("vgg19")
+  assert content_layer == "relu4_2" and style_layers == (
+      "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+  r = np.random.RandomState(3)
+  content, s = r.rand(32, 32, 3).astype(np.float32), r.rand(32, 32, 3).astype(np.float32) ** 3
+  y, values = gatys.gatys(fn, content, s, steps=8, method="lbfgs", content_layer=content_layer,
+                          style_layers=style_layers)
+  assert y.shape == content.shape and values[-1] < 0.7 * values[0]
+
+
+def test_descriptor_arch_is_read_from_the_weights():
+  """arch 'auto': a torchvision or Keras VGG file says by its 16 or 13 convolutions which
+  VGG it is; anything else is one clear error."""
+  def torch_like(arch):
+    idx = perceptual.torch_indices(arch)
+    return {**{f"features.{i}.weight": np.zeros((1, 1, 3, 3), np.float32) for i in idx.values()},
+            **{f"features.{i}.bias": np.zeros(1, np.float32) for i in idx.values()},
+            "classifier.0.weight": np.zeros((2, 2), np.float32)}
+  assert perceptual.arch_of_state_dict(torch_like("vgg19")) == "vgg19"
+  assert perceptual.arch_of_state_dict(torch_like("vgg16")) == "vgg16"
+  keras = {f"block{b}_conv{i}/block{b}_conv{i}_W_1:0": np.zeros((3, 3, 1, 1), np.float32)
+           for b, n in enumerate((2, 2, 4, 4, 4), 1) for i in range(1, n + 1)}
+  assert perceptual.arch_of_state_dict(keras) == "vgg19"
+  from jaxvision.core.errors import WeightsError
+  with pytest.raises(WeightsError, match="x.pth: 12 convolution kernels"):
+    perceptual.arch_of_state_dict(dict(list(torch_like("vgg16").items())[:12]), "x.pth")
+
+
+@pytest.mark.longrun
+def test_stylize_optimize_defaults_to_vgg19_and_the_papers_layers(tmp_path, capsys):
+  """`stylize --optimize` without --arch or --vgg: VGG-19 with Gatys et al.'s layers."""
+  from jaxvision import cli
+  r = np.random.default_rng(0)
+  Image.fromarray(r.integers(0, 255, (40, 48, 3), np.uint8)).save(tmp_path / "c.png")
+  Image.fromarray(r.integers(0, 255, (40, 40, 3), np.uint8)).save(tmp_path / "s.png")
+  assert cli.main(["stylize", "--optimize", "--style", str(tmp_path / "s.png"), "--steps", "2",
+                   "--optimizer", "adam", str(tmp_path / "c.png"), str(tmp_path / "o.png")]) == 0
+  out = capsys.readouterr().out
+  assert "RANDOM vgg19 (content relu4_2, style relu1_1, relu2_1, relu3_1, relu4_1, relu5_1)" in out
+  assert Image.open(tmp_path / "o.png").size == (48, 40)

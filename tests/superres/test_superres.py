@@ -271,3 +271,31 @@ def test_upscale_a_folder(tmp_path, capsys):
   for s in stems:
     w, h = Image.open(os.path.join(folder, f"{s}.png")).size
     assert Image.open(out / f"{s}.png").size == (2 * w, 2 * h)
+
+
+def test_espcn_on_y_as_in_the_paper():
+  """ESPCN(channels="y"): the network sees BT.601 luma only and Cb/Cr are the bicubic
+  upscale's; the zero-initialised residual variant is bicubic exactly (to the colour
+  round trip). configs/sr.py trains this variant; the model's default stays "rgb", what
+  older workdirs hold."""
+  import jax
+  import jax.numpy as jnp
+  from configs import sr
+  from jaxvision.core.metrics import rgb_to_ycbcr, ycbcr_to_rgb
+  from jaxvision.superres.models import ESPCN, bicubic_upscale
+  x = jnp.asarray(np.random.default_rng(0).random((1, 9, 11, 3)), jnp.float32)
+  np.testing.assert_allclose(ycbcr_to_rgb(rgb_to_ycbcr(x)), x, atol=1e-6)
+  m = ESPCN(scale=3, residual=True, channels="y")
+  v = m.init(jax.random.key(0), x)
+  assert v["params"]["conv1"]["kernel"].shape == (5, 5, 1, 64)
+  assert v["params"]["conv3"]["kernel"].shape == (3, 3, 32, 9)
+  up = bicubic_upscale(x, 3)
+  np.testing.assert_allclose(m.apply(v, x), up, atol=2e-6)
+  rng = np.random.default_rng(1)
+  v = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype), v)
+  y, want = rgb_to_ycbcr(m.apply(v, x)), rgb_to_ycbcr(up)
+  np.testing.assert_allclose(y[..., 1:], want[..., 1:], atol=2e-6)  # chroma: bicubic
+  assert float(jnp.abs(y[..., 0] - want[..., 0]).max()) > 0.01     # luma: the network
+  assert ESPCN().channels == "rgb"
+  for preset in ("cpu", "paper"):
+    assert sr.get_config(f"model=espcn,preset={preset}").model.kwargs.channels == "y"

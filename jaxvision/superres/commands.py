@@ -52,6 +52,11 @@ def upscale_command(args) -> None:
     h, w = image.shape[:2]
     if note:  # once, before the first result
       inputs.say(note.pop())
+    elif (args.tile is None and h * w > args.max_pixels
+          and not getattr(model, "local", True)):  # tiled automatically: say so, per image
+      inputs.say(f"note: {src}: {w}x{h} is more than --max-pixels {args.max_pixels}, so it "
+                 f"ran in tiles; {config.model.name} pools over the whole input, so the "
+                 "tiles change it slightly (raise --max-pixels to run it whole)")
     inputs.say(f"{src} -> {dst}: {w}x{h} -> {y.shape[1]}x{y.shape[0]} "
                f"({config.model.name} x{model.scale}, checkpoint step {step}), "
                f"{time.time() - t:.2f}s")

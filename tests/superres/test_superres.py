@@ -299,3 +299,25 @@ def test_espcn_on_y_as_in_the_paper():
   assert ESPCN().channels == "rgb"
   for preset in ("cpu", "paper"):
     assert sr.get_config(f"model=espcn,preset={preset}").model.kwargs.channels == "y"
+
+
+def test_automatic_tiling_of_a_global_model_is_said(tmp_path, capsys):
+  """RCAN pools over the whole image (channel attention), so tiles change its output: an
+  image above --max-pixels, tiled without being asked, gets a note naming it; a local
+  model (EDSR) tiled the same way is seam-free and gets none."""
+  from jaxvision import cli
+  img = np.random.default_rng(6).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+  src = str(tmp_path / "in.png")
+  Image.fromarray(img).save(src)
+  for name, kw in (("rcan", TINY["rcan"]), ("edsr_baseline", TINY["edsr_baseline"])):
+    model = registry.create_model(name, scale=2, **kw)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    wd = str(tmp_path / name)
+    weights.save_workdir(wd, variables, task="super_resolution", model_name=name,
+                         model_kwargs={"scale": 2, **kw})
+    out = str(tmp_path / f"{name}.png")
+    assert cli.main(["upscale", "--checkpoint", wd, src, out, "--max-pixels", "400"]) == 0
+    said = capsys.readouterr().out
+    assert (f"note: {src}: 40x30 is more than --max-pixels 400, so it ran in tiles" in said) \
+        == (name == "rcan"), said
+    assert np.asarray(Image.open(out)).shape == (60, 80, 3)

@@ -115,6 +115,9 @@ def main(argv=None) -> int:
   jv_compile.enable_compile_cache(not args.no_compile_cache)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter
+  ckpt = sys.modules.get("jaxvision.core.checkpoint")
+  if ckpt is not None:  # (in-process callers, tests: only this command's workdirs count)
+    ckpt._LOADED.clear()
   try:
     families.load("models")  # every command may read a workdir naming any model
     args.func(args)
@@ -123,6 +126,15 @@ def main(argv=None) -> int:
     return 1
   except KeyboardInterrupt:
     return 130
+  except Exception:
+    # A workdir whose checkpoint belongs to another model than its config.json fails deep
+    # inside flax; say that in one line. Anything else is a bug: its traceback stays.
+    ckpt = sys.modules.get("jaxvision.core.checkpoint")
+    why = ckpt.loaded_mismatch() if ckpt is not None else None
+    if why is None:
+      raise
+    print(f"jaxvision {args.command}: error: {why}", file=sys.stderr)
+    return 1
   return 0
 
 

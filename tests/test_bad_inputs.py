@@ -87,6 +87,16 @@ def env(tmp_path_factory):
   (damaged / "config.json").write_text('{"model": {"name": "can", ')  # cut short
   e["bad_wd"] = {"missing": str(d / "nowd"), "empty": str(d / "emptywd"),
                  "damaged config": str(damaged)}
+  for name in ("can", "sr", "style", "cls", "codec"):  # this family's config, another's weights
+    mixed = d / f"mixed_{name}"
+    mixed.mkdir()
+    other = e["wd"]["sr" if name != "sr" else "can"]
+    for item in os.listdir(other):
+      src = os.path.join(other, item)
+      if item != "config.json":
+        os.symlink(src, mixed / item)
+    (mixed / "config.json").write_text(open(os.path.join(e["wd"][name], "config.json")).read())
+    e["bad_wd"][f"mismatched {name}"] = str(mixed)
 
   return e
 
@@ -184,10 +194,13 @@ def test_bad_input_file(env, capsys, tmp_path, command, bad):
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if COMMANDS[c][1]])
-@pytest.mark.parametrize("bad", ["missing", "empty", "damaged config", "other family"])
+@pytest.mark.parametrize("bad", ["missing", "empty", "damaged config", "other family",
+                                 "mismatched"])
 def test_bad_checkpoint(env, capsys, tmp_path, command, bad):
-  argv, _, out_name, other = COMMANDS[command]
-  wd = env["wd"][other] if bad == "other family" else env["bad_wd"][bad]
+  """... and "mismatched": the command's own config.json beside another model's checkpoint."""
+  argv, key, out_name, other = COMMANDS[command]
+  wd = (env["wd"][other] if bad == "other family" else
+        env["bad_wd"][f"mismatched {key}"] if bad == "mismatched" else env["bad_wd"][bad])
   out = str(tmp_path / out_name) if out_name else None
   good = os.path.join(env["dir"], "good.jvc") if command == "decompress" else env["good"]
   _check(capsys, argv(wd, good, out), out, os.path.basename(wd))

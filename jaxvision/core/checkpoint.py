@@ -125,6 +125,47 @@ def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
   return config, variables, step
 
 
+_LOADED: list = []  # (workdir, model name, model, variables) that load_model handed out
+
+
+def _param_shapes(model) -> dict | None:
+  """{param path: shape} of a model's fresh init (traced only, nothing computed), trying
+  the input sizes the registered models take; None when none works."""
+  for side in (64, 48, 24, 12, 32):
+    try:
+      shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                 np.zeros((1, side, side, 3), np.float32)))
+    except Exception:  # noqa: BLE001 - another input size, or not an image model
+      continue
+    return {jax.tree_util.keystr(p): tuple(l.shape)
+            for p, l in jax.tree_util.tree_leaves_with_path(shapes.get("params", {}))}
+  return None
+
+
+def loaded_mismatch() -> str | None:
+  """A one-line reason when a workdir that `load_model` loaded holds parameters that do
+  not fit the model its config.json names (another model's checkpoint beside this
+  config), else None. Called by the entry points when a command fails with an error
+  that is not a UserError: only then is the model's init traced (a second or so for the
+  largest), so the common path pays nothing."""
+  for workdir, name, model, variables in _LOADED:
+    want = _param_shapes(model)
+    if want is None:
+      continue
+    have = {jax.tree_util.keystr(p): tuple(np.shape(l))
+            for p, l in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))}
+    if want == have:
+      continue
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    first = (f"no parameter {missing[0]}" if missing else f"an unknown parameter {extra[0]}"
+             if extra else f"{shape[0]} is {have[shape[0]]}, the model wants {want[shape[0]]}")
+    return (f"{workdir}: its checkpoint does not fit the {name!r} model that config.json "
+            f"names ({first}): config and weights of different models?")
+  return None
+
+
 def load_model(workdir: str, task: str | tuple[str, ...] | None = None, what: str = "model"):
   """(config, model, variables, step) of a workdir: the one loader every command uses.
 
@@ -143,4 +184,5 @@ def load_model(workdir: str, task: str | tuple[str, ...] | None = None, what: st
     raise CheckpointError(f"{workdir}: config.json names no usable model "
                           f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
                           ) from None
+  _LOADED.append((workdir, name, model, variables))
   return config, model, variables, step

@@ -48,8 +48,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   check_preset(opts["preset"])
   c = ml_collections.ConfigDict()
   c.task = "style_transfer"
+  # padding="valid": the paper's (40-px reflection-padded input, unpadded residual convs);
+  # workdirs trained before hold the model's default, "same" (every conv reflection-padded).
   c.model = ml_collections.ConfigDict({"name": "johnson",
-                                       "kwargs": {"width": 16, "num_residual": 5}})
+                                       "kwargs": {"width": 16, "num_residual": 5,
+                                                  "padding": "valid"}})
   c.descriptor = ml_collections.ConfigDict(dict(
       arch=opts["arch"], weights=opts["descriptor_weights"], width=1.0))
   c.style = ml_collections.ConfigDict(dict(

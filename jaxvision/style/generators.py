@@ -88,17 +88,20 @@ class PaddedConv(nn.Conv):
 
 
 class ConvLayer(nn.Module):
-  """Reflect pad, conv (stride s), then optionally instance norm and ReLU."""
+  """Reflect pad (unless `pad` is False: an unpadded conv), conv (stride s), then
+  optionally instance norm and ReLU."""
   features: int
   kernel: int
   stride: int = 1
   norm: bool = True
   relu: bool = True
+  pad: bool = True
 
   @nn.compact
   def __call__(self, x):
     x = PaddedConv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                   padding="VALID", name="conv")(reflect_pad(x, self.kernel // 2))
+                   padding="VALID", name="conv")(
+                       reflect_pad(x, self.kernel // 2) if self.pad else x)
     if self.norm:
       x = InstanceNorm(name="norm")(x)
     return nn.relu(x) if self.relu else x
@@ -200,28 +203,46 @@ def _check_bucket(x, multiple: int, name: str):
 
 
 class Johnson(nn.Module):
-  """Image transformation network; NHWC RGB in [0, 1] -> same size, RGB in [0, 1]."""
+  """Image transformation network; NHWC RGB in [0, 1] -> same size, RGB in [0, 1].
+
+  padding "valid" is the paper's (Johnson et al.'s supplementary material): the input is
+  reflection-padded by 8 px per residual block (40 for five), the residual blocks'
+  convolutions are unpadded and each block crops its shortcut by 2 px, so the trunk comes
+  back to a quarter of the image. "same" (the default, what older workdirs hold)
+  reflection-pads every convolution. Either way the decoder resizes to the image's own
+  sizes (odd ones too). Shape buckets take "same" only (`bucketable`)."""
   width: int = 32          # c9s1-{width}, d{2w}, d{4w}, residual blocks of 4w
   num_residual: int = 5
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
     if x.ndim != 4:
       raise ValueError(f"johnson expects NHWC input, got shape {x.shape}")
+    if self.padding not in ("same", "valid"):
+      raise ValueError(f"johnson: padding must be 'same' or 'valid', got {self.padding!r}")
+    valid = self.padding == "valid"
     _check_bucket(x, 4, "johnson")
     w = self.width
-    sizes = [x.shape[1:3]]
-    h = ConvLayer(w, 9, name="c9s1")(x.astype(jnp.float32))
-    sizes.append(h.shape[1:3])
+    h = x.astype(jnp.float32)
+    # the decoder's targets: the encoder's map sizes, of the image itself (not its padding)
+    targets = [x.shape[1:3], tuple(-(-n // 2) for n in x.shape[1:3])]
+    if valid:
+      h = reflect_pad(h, 8 * self.num_residual)
+    h = ConvLayer(w, 9, name="c9s1")(h)
+    if not valid:
+      targets[0] = h.shape[1:3]
     h = ConvLayer(2 * w, 3, 2, name="d1")(h)
-    sizes.append(h.shape[1:3])
+    if not valid:
+      targets[1] = h.shape[1:3]
     h = ConvLayer(4 * w, 3, 2, name="d2")(h)
     for i in range(self.num_residual):
-      r = ConvLayer(4 * w, 3, name=f"res{i}_a")(h)
-      h = h + ConvLayer(4 * w, 3, relu=False, name=f"res{i}_b")(r)
-    h = ConvLayer(2 * w, 3, name="u1")(resize_nearest(h, sizes[2]))
-    h = ConvLayer(w, 3, name="u2")(resize_nearest(h, sizes[1]))
+      r = ConvLayer(4 * w, 3, pad=not valid, name=f"res{i}_a")(h)
+      r = ConvLayer(4 * w, 3, relu=False, pad=not valid, name=f"res{i}_b")(r)
+      h = (h[:, 2:-2, 2:-2] if valid else h) + r
+    h = ConvLayer(2 * w, 3, name="u1")(resize_nearest(h, targets[1]))
+    h = ConvLayer(w, 3, name="u2")(resize_nearest(h, targets[0]))
     y = ConvLayer(3, 9, norm=False, relu=False, name="out")(h)
     return 0.5 * (jnp.tanh(y) + 1.0)
 
@@ -318,4 +339,6 @@ def bucketable(model, h: int, w: int) -> bool:
   int32 cost comparison of `resize_linear`); other sizes take the per-size path."""
   if isinstance(model, TextureNet):
     return 2 ** (model.scales - 1) < min(h, w) and max(h, w) < 2 ** 14
+  if isinstance(model, Johnson):  # the paper's unpadded trunk changes sizes additively
+    return model.padding == "same"
   return True

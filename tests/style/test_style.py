@@ -202,3 +202,23 @@ def test_stylize_optimize_defaults_to_vgg19_and_the_papers_layers(tmp_path, caps
   out = capsys.readouterr().out
   assert "RANDOM vgg19 (content relu4_2, style relu1_1, relu2_1, relu3_1, relu4_1, relu5_1)" in out
   assert Image.open(tmp_path / "o.png").size == (48, 40)
+
+
+def test_johnson_paper_padding():
+  """padding="valid" (configs/johnson.py's default): a 40-px reflection-padded input and
+  unpadded residual convolutions with 2-px-cropped shortcuts; the same parameters as the
+  "same" variant (the model's default, what older workdirs hold), outputs of the input's
+  size for odd sizes too, a different function, and no shape buckets (per-size programs)."""
+  from configs import johnson as johnson_config
+  x = jnp.asarray(np.random.default_rng(0).random((1, 37, 53, 3)), jnp.float32)
+  same = generators.Johnson(width=4, num_residual=5)
+  valid = generators.Johnson(width=4, num_residual=5, padding="valid")
+  assert same.padding == "same"
+  v = same.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, valid.init(jax.random.key(0), x))
+  a, b = same.apply(v, x), valid.apply(v, x)
+  assert a.shape == b.shape == x.shape and float(jnp.abs(a - b).max()) > 1e-3
+  assert generators.bucketable(same, 37, 53) and not generators.bucketable(valid, 37, 53)
+  assert johnson_config.get_config("").model.kwargs.padding == "valid"
+  with pytest.raises(ValueError, match="padding"):
+    generators.Johnson(width=4, padding="zeros").init(jax.random.key(0), x)

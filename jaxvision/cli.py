@@ -117,7 +117,7 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter
   ckpt = sys.modules.get("jaxvision.core.checkpoint")
   if ckpt is not None:  # (in-process callers, tests: only this command's workdirs count)
-    ckpt._LOADED.clear()
+    ckpt.forget_loaded()
   try:
     families.load("models")  # every command may read a workdir naming any model
     args.func(args)

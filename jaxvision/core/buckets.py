@@ -41,18 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from typing import Iterator
 
 import numpy as np
 
-# The old geometric ladder's step (kept for callers that pass `ratio`).
-_LADDER_RATIO = 1.25
-
 _region: contextvars.ContextVar = contextvars.ContextVar("jaxvision_valid_region", default=None)
 
 
-def bucket_side(n: int, multiple: int = 32, ratio: float | None = None) -> int:
+def bucket_side(n: int, multiple: int = 32) -> int:
   """The smallest side >= n on the ladder, in units of `multiple`: every unit up to 8,
   then m * 2^k for m = 5, 6, 7, 8 (10, 12, 14, 16, 20, 24, 28, 32, ...).
 
@@ -60,16 +56,10 @@ def bucket_side(n: int, multiple: int = 32, ratio: float | None = None) -> int:
   256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048; with the codec's 64
   the same from 512 up), so a photo wastes little padding: 3 % more pixels than the images
   on the codec's benchmark folder, where the earlier x1.25-rounded ladder (448, 576, 960,
-  1216, ...) padded 20 %. Sides 1 to 4096 land on 24 sides with 32, 20 with 64.
-  `ratio` (older callers): the earlier ladder {1, 2, 3, 4, then x ratio rounded up}."""
+  1216, ...) padded 20 %. Sides 1 to 4096 land on 24 sides with 32, 20 with 64."""
   if n < 1:
     raise ValueError(f"bucket_side: side {n} must be positive")
   units = -(-int(n) // multiple)  # ceil
-  if ratio is not None:
-    side = 1
-    while side < units:
-      side = side + 1 if side < 4 else max(side + 1, int(math.ceil(side * ratio)))
-    return side * multiple
   if units <= 8:
     return units * multiple
   k = 1

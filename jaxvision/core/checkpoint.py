@@ -142,6 +142,11 @@ def _param_shapes(model) -> dict | None:
   return None
 
 
+def forget_loaded() -> None:
+  """Starts a new command's record of loaded workdirs (in-process callers run several)."""
+  _LOADED.clear()
+
+
 def loaded_mismatch() -> str | None:
   """A one-line reason when a workdir that `load_model` loaded holds parameters that do
   not fit the model its config.json names (another model's checkpoint beside this

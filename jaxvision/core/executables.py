@@ -19,14 +19,15 @@ it is keyed by the lowered program, so a warm command still traces and lowers ea
 programs: about 0.4 s for a codec program on this project's 2-core CPU, most of it flax
 re-checking every parameter's shape, for every bucket of every command (compress,
 decompress: a folder of photos in 9 buckets pays it 27 times; MTCNN's five programs on
-each of two devices 0.7 s). A loaded executable costs about 0.01-0.05 s. The executable of a program is stored under the JAX cache folder (a
-subfolder JAX's own cache ignores), so it is on exactly when that cache is on, and
-switched off with it (JAXVISION_COMPILE_CACHE=0, --no-compile-cache).
+each of two devices 0.7 s). A loaded executable costs 0.01-0.02 s (MTCNN, the codecs'
+decoders) to 0.09 s (a codec's encoder). The executable of a program is stored under the
+JAX cache folder (a subfolder JAX's own cache ignores), so it is on exactly when that cache
+is on, and switched off with it (JAXVISION_COMPILE_CACHE=0, --no-compile-cache).
 
 The key is a SHA-256 of what the program is (the jitted function's name, the static
-arguments' repr, the pytree structure, shapes, dtypes and devices of the others, the source
-of the modules that build the family's programs, the flax version) and of where it runs (jax and
-jaxlib versions, backend and its platform version, device kind and count, XLA_FLAGS, the
+arguments' repr, the pytree structure, shapes, dtypes and devices of the others, the
+source of the modules that build the family's programs, the flax version) and of where it
+runs (jax and jaxlib versions, backend and its platform version, device kind and count, XLA_FLAGS, the
 CPU's model and feature flags), so another machine, another XLA flag or another jaxvision
 never loads a stale executable: it misses and compiles. A file that cannot be loaded is
 compiled again and replaced. Files hold what `jax.experimental.serialize_executable` gives:
@@ -275,19 +276,29 @@ class _without_jax_cache:
   are always compiled afresh; JAX's cache would only have been a second copy of them."""
 
   def __enter__(self):
-    from jax._src import compilation_cache as cc
+    cc = self._module()
     with _BYPASS_LOCK:
-      if _BYPASS["depth"] == 0:
+      if _BYPASS["depth"] == 0 and cc is not None:
         _BYPASS["saved"] = cc.is_cache_used
         cc.is_cache_used = lambda backend: False
       _BYPASS["depth"] += 1
 
   def __exit__(self, *exc):
-    from jax._src import compilation_cache as cc
+    cc = self._module()
     with _BYPASS_LOCK:
       _BYPASS["depth"] -= 1
-      if _BYPASS["depth"] == 0:
-        cc.is_cache_used = _BYPASS["saved"]
+      if _BYPASS["depth"] == 0 and cc is not None and _BYPASS["saved"] is not None:
+        cc.is_cache_used, _BYPASS["saved"] = _BYPASS["saved"], None
+
+  @staticmethod
+  def _module():
+    """jax's compilation_cache module (jax 0.10.2's private hook), or None in a jax without
+    it (then compiles go through JAX's cache as before: the test in tests/core says so)."""
+    try:
+      from jax._src import compilation_cache as cc
+    except ImportError:
+      return None
+    return cc if callable(getattr(cc, "is_cache_used", None)) else None
 
 
 def _compiled(key, lowered):

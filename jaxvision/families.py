@@ -24,6 +24,9 @@ FAMILIES = (
     "jaxvision.classification",
     "jaxvision.style",
     "jaxvision.superres",
+    "jaxvision.recognition",
+    "jaxvision.landmarks",
+    "jaxvision.denoise",
 )
 PARTS = ("models", "convert", "task", "commands")
 # File names of a part: style's architectures are generators (ARCHITECTURE.md).

@@ -19,6 +19,7 @@
 #   - compressai with --no-deps (its pins, numpy<2 and torchvision, do not fit; its image
 #     models and C++ rANS need neither), plus what it imports at top level: scipy, einops,
 #     pytorch-msssim (--no-deps: its only dep is torch), pandas, matplotlib, torch-geometric
+#   - dlib-bin (dlib's own wheel), face-recognition-models (dlib's .dat model files), bm3d
 # Then it checks: MTCNN(keep_all=True).detect on a small image runs, and a CompressAI
 # hyperprior codes and decodes a small image after update().
 set -euo pipefail
@@ -60,6 +61,12 @@ have pytorch-msssim || "${PIP[@]}" install --no-deps pytorch-msssim
 for dep in scipy einops pandas matplotlib torch-geometric; do
   have "$dep" || "${PIP[@]}" install "$dep"
 done
+# dlib itself (the reference for the dlib face-recognition ResNet and the ERT shape
+# predictors, tests/recognition and tests/landmarks), its model files, and BM3D (the
+# classical denoising baseline, benchmarks/denoise.py)
+have dlib-bin || "${PIP[@]}" install dlib-bin
+have face-recognition-models || "${PIP[@]}" install face-recognition-models
+have bm3d || "${PIP[@]}" install bm3d
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$HERE/torchvision_standin" > "$SITE/jaxvision_torchvision_standin.pth"

@@ -1,0 +1,1 @@
+"""Denoising and deep ISP: DnCNN, Noise2Noise U-Net, HDRNet bilateral grids, SID raw-to-sRGB."""

@@ -1,0 +1,1 @@
+"""Face landmarks: dlib ERT shape predictors, PFLD, CFAN, MediaPipe face mesh; NME evaluation."""

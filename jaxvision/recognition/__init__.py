@@ -1,0 +1,1 @@
+"""Face recognition: embedding networks (dlib ResNet, FaceNet, OpenFace, DeepFace, DeepID), alignment, triplet training, verification."""

@@ -9,6 +9,12 @@ first so that every family has registered.
     @register_converter("edsr", task="superres")  # fn(state_dict, **kwargs) -> variables
     register_task("super_resolution", Task(...))  # what the generic trainer trains
     register_commands(add)                        # add(subparsers): a family's subcommands
+    register_face_detector("mtcnn", factory)      # factory(**kw) -> a face detector
+
+Face detectors are a service that one family (faces) offers to others (recognition,
+landmarks) without their importing it (ARCHITECTURE.md, rule 1): the faces family's
+`commands.py` registers its factories, and a command of another family asks the registry
+for one by name when it runs.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ _MODELS: dict[str, Callable[..., Any]] = {}
 _CONVERTERS: dict[str, "Converter"] = {}
 _TASKS: dict[str, Any] = {}
 _COMMANDS: list[Callable[[Any], None]] = []
+_FACE_DETECTORS: dict[str, Callable[..., Any]] = {}
 
 
 def _unknown(kind: str, name: str, known) -> str:
@@ -110,3 +117,25 @@ def register_commands(add: Callable[[Any], None]) -> Callable[[Any], None]:
 
 def command_adders() -> list[Callable[[Any], None]]:
   return list(_COMMANDS)
+
+
+# ---------------------------------------------------------------- face detectors
+def register_face_detector(name: str, factory: Callable[..., Any]) -> None:
+  """`factory(**kwargs)` builds a face detector: an object whose
+  `detect_each(images)` takes a list of RGB uint8 (H, W, 3) arrays of any sizes and yields,
+  per image and in order, a list of faces `{"box": [x1, y1, x2, y2], "score": float,
+  "landmarks": [[x, y] * 5]}` in input pixels, sorted by score; the five landmarks are
+  left eye, right eye, nose, left and right mouth corner (the image's left and right),
+  MTCNN's order; `landmarks` is empty for a detector that has none."""
+  _FACE_DETECTORS[name] = factory
+
+
+def get_face_detector(name: str, **kwargs):
+  """The face detector `name` built with `kwargs` (see register_face_detector)."""
+  if name not in _FACE_DETECTORS:
+    raise ValueError(_unknown("face detector", name, _FACE_DETECTORS))
+  return _FACE_DETECTORS[name](**kwargs)
+
+
+def list_face_detectors() -> list[str]:
+  return sorted(_FACE_DETECTORS)

@@ -14,7 +14,7 @@ import time
 
 from jaxvision.core.errors import UserError, first_line
 from jaxvision.core.inputs import positive_int
-from jaxvision.core.registry import register_commands
+from jaxvision.core.registry import register_commands, register_face_detector
 
 
 def detect_faces_cmd(args) -> None:
@@ -138,3 +138,12 @@ def add_commands(sub) -> None:
                  help="images run together (default 8; MTCNN: at most one per CPU core, any "
                  "sizes; Cascade CNN: a batch of one size)")
   p.set_defaults(func=detect_faces_cmd)
+
+
+def _mtcnn_face_detector(weights: str = "auto", **config):
+  """MTCNN with the original weights, for other families' commands (core.registry)."""
+  from jaxvision.faces import detector
+  return detector.mtcnn_detector(weights, **config)
+
+
+register_face_detector("mtcnn", _mtcnn_face_detector)

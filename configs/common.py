@@ -50,4 +50,11 @@ def set_steps(c, *, total_steps: int, batch_size: int, log_every: int, eval_ever
   c.checkpoint_every = checkpoint_every
   c.keep_checkpoints = keep_checkpoints
   c.seed = seed
+  # The accelerator block (docs/training.md, "On a GPU or TPU"); older workdirs without
+  # these keys train as before.
+  c.dtype = ""            # compute dtype: "" the model's default, "bfloat16" on GPU/TPU
+  c.param_dtype = "float32"  # parameters and optimizer state (float32 only)
+  c.prefetch = 2          # batches put on the devices ahead of the step (0: none)
+  c.peak_flops = 0.0      # per-device peak FLOP/s for MFU; 0: from the device table
+  c.profile_steps = ""    # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile
   return c

@@ -11,6 +11,7 @@ mean loss and the gradients are those of the global batch whatever the device co
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxvision import families
 from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core import data as jv_data
+from jaxvision.core import flops as jv_flops
 from jaxvision.core import io as jv_io
 from jaxvision.core import registry
 from jaxvision.core.errors import TrainingError
@@ -197,6 +199,80 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def model_kwargs(config) -> dict:
+  """The model's kwargs from the config, with `config.dtype` (the compute dtype) when set.
+
+  Parameters and optimizer state stay float32 whatever the compute dtype (flax's
+  `param_dtype` default): bf16 compute with f32 master weights, the mixed-precision recipe
+  of Micikevicius et al. 2018 without loss scaling (bf16 has float32's exponent range)."""
+  kw = dict(config.model.get("kwargs", {}))
+  dtype = config.get("dtype", "") or ""
+  if config.get("param_dtype", "float32") not in ("float32", ""):
+    raise TrainingError(f"config.param_dtype={config.param_dtype!r}: parameters and "
+                        "optimizer state are kept in float32; use config.dtype for compute")
+  if dtype:
+    if dtype not in ("float32", "bfloat16", "float16"):
+      raise TrainingError(f"config.dtype={dtype!r}: choose float32, bfloat16 or float16")
+    cls = registry.create_model(config.model.name, **kw)
+    if "dtype" not in getattr(type(cls), "__dataclass_fields__", {}):
+      raise TrainingError(f"model {config.model.name} has no compute dtype option; "
+                          "leave config.dtype empty")
+    kw["dtype"] = dtype
+  return kw
+
+
+class DevicePrefetch:
+  """The train iterator with `depth` batches already on the devices.
+
+  The next batch is read and transferred while the current step runs (the step is
+  dispatched asynchronously). The batches and their order are the plain iterator's, so
+  training is bit-identical with or without it. For checkpoints it gives the data position
+  of the last batch handed to the step, not of the batches read ahead, so a resumed run
+  starts exactly after the last step taken (`get_state`, read by grain's handler)."""
+
+  def __init__(self, iterator, put, depth: int):
+    self.iterator, self.put, self.depth = iterator, put, max(0, int(depth))
+    self.queue: collections.deque = collections.deque()
+    self.state = self._position()
+
+  def _position(self) -> bytes:
+    s = self.iterator.get_state()
+    return s if isinstance(s, bytes) else json.dumps(s, indent=4).encode()
+
+  def _read(self):
+    batch = self.put(next(self.iterator))
+    self.queue.append((batch, self._position()))
+
+  def fill(self) -> None:
+    """Reads and transfers batches until `depth` are waiting (call after a dispatch)."""
+    while len(self.queue) < self.depth:
+      self._read()
+
+  def __next__(self):
+    if not self.queue:
+      self._read()
+    batch, self.state = self.queue.popleft()
+    return batch
+
+  def get_state(self) -> bytes:
+    return self.state
+
+
+def profile_window(spec) -> tuple[int, int] | None:
+  """`config.profile_steps` "START:STOP" (or "N": that step alone) -> (start, stop)."""
+  spec = str(spec or "").strip()
+  if not spec:
+    return None
+  try:
+    a, _, b = spec.partition(":")
+    start, stop = int(a), int(b or a)
+  except ValueError:
+    raise TrainingError(f"config.profile_steps={spec!r}: give START:STOP, e.g. 10:15") from None
+  if start < 1 or stop < start:
+    raise TrainingError(f"config.profile_steps={spec!r}: need 1 <= START <= STOP")
+  return start, stop
+
+
 # ---------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config` in `workdir`, resuming from its newest good checkpoint."""
@@ -211,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_sharding = NamedSharding(mesh, P("data"))
 
   task = registry.get_task(config.task)
-  model = registry.create_model(config.model.name, **config.model.get("kwargs", {}))
+  model = registry.create_model(config.model.name, **model_kwargs(config))
   tx, schedule = make_optimizer(config)
 
   t0 = time.time()
@@ -270,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = jax.jit(make_train_step(model, task, tx, config),
                        in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=0)
+  window = profile_window(config.get("profile_steps", ""))
   eval_step = jax.jit(functools.partial(task.evaluate, model, config=config),
                       out_shardings=replicated)
 
@@ -312,11 +389,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_metrics: dict = {}
   t_last, step_last = time.time(), start_step
   images_per_step = config.batch_size
+  feed = DevicePrefetch(train_iter, to_global, config.get("prefetch", 2))
+  step_flops = None  # model FLOPs of one global step (jaxvision.core.flops), once traced
+  peak = float(config.get("peak_flops", 0.0) or 0.0) or jv_flops.peak_flops(
+      dtype=config.get("dtype", "") or "float32")
+  profiling = False
   try:
     with mesh:
       for step in range(start_step + 1, total + 1):
-        batch = next(train_iter)
-        state, m = train_step(state, to_global(batch))
+        batch = next(feed)
+        if step_flops is None:
+          # traced once for both: the FLOPs counted on its jaxpr, the program compiled
+          traced = train_step.trace(state, batch)
+          step_flops = jv_flops.jaxpr_flops(traced.jaxpr)
+          train_step = traced.lower().compile()
+          log(f"train step: {step_flops / 1e9:.3g} GFLOP per step (matmuls and convolutions)"
+              + (f"; device peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+        if window and step == window[0]:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+          profiling = True
+        state, m = train_step(state, batch)
+        feed.fill()  # the next batch travels while this step runs
+        if profiling and step == window[1]:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          profiling = False
+          log(f"profile of steps {window[0]}-{window[1]} in {workdir}/profile (TensorBoard's "
+              "profile plugin)")
         pending.append(m)
         bar.update(1)
         if step % config.log_every == 0 or step == total:
@@ -329,6 +428,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           t_last, step_last = now, step
           means.update(steps_per_sec=rate, images_per_sec=rate * images_per_step,
                        learning_rate=float(schedule(step)))
+          if step_flops:
+            achieved = step_flops * rate / jax.device_count()  # per device
+            means["tflops_per_sec_per_device"] = achieved / 1e12
+            if peak:
+              means["mfu"] = achieved / peak
           bar.set_postfix(loss=f"{means['loss']:.4g}")
           tb.scalars(step, means, "train/")
           history.append({"step": step, **means})
@@ -344,8 +448,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           check_finite(state, step)
           mngr.save(step, args=ocp.args.Composite(
               state=ocp.args.StandardSave(state),
-              data=jv_data.checkpoint_save_arg(train_iter)))
+              data=jv_data.checkpoint_save_arg(feed)))
   finally:
+    if profiling:
+      jax.profiler.stop_trace()
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -354,7 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not eval_metrics:  # nothing left to train: evaluate the restored state
     eval_metrics, samples = evaluate(state)
   result = {"step": int(jax.device_get(state.step)), "eval": eval_metrics,
-            "train": history[-1] if history else {}, "wall_seconds": time.time() - t0}
+            "train": history[-1] if history else {}, "wall_seconds": time.time() - t0,
+            "step_flops": step_flops}
   if lead:
     write_pngs(os.path.join(workdir, "samples"), "final", samples)
     write_json_atomic(os.path.join(workdir, "metrics.json"), result)

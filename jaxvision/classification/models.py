@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.core import layers
+from jaxvision.core import layers, scan
 from jaxvision.core.registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,6 +153,8 @@ class ResNet(nn.Module):
   input_norm: str = "imagenet"
   zero_init_last: bool = False  # timm's default True; False lets every weight learn at step 0
   dtype: Any = None            # compute dtype ("bfloat16" on GPU/TPU); params stay f32
+  scan: bool = True            # each stage's identical blocks (all but its first) scanned
+  remat: bool = False          # recompute the scanned blocks' activations in the backward pass
 
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
@@ -175,14 +177,16 @@ class ResNet(nn.Module):
     in_ch = self.width
     for i, n in enumerate(self.layers):
       planes = self.width * 2 ** i
-      for j in range(n):
-        stride = 2 if (i > 0 and j == 0) else 1
-        x = Block(planes, stride, self.bottleneck, self.groups, self.base_width, self.se,
-                  self.se_reduction, downsample=(j == 0 and (stride != 1 or
-                                                              in_ch != planes * expansion)),
-                  zero_init_last=self.zero_init_last, dtype=dt,
-                  name=f"layer{i + 1}_{j}")(x, train)
-        in_ch = planes * expansion
+      block = dict(planes=planes, bottleneck=self.bottleneck, groups=self.groups,
+                   base_width=self.base_width, se=self.se, se_reduction=self.se_reduction,
+                   zero_init_last=self.zero_init_last, dtype=dt)
+      stride = 2 if i > 0 else 1
+      # the first block changes stride and width; the others are identical: one scan
+      x = Block(**block, stride=stride, downsample=(stride != 1 or in_ch != planes * expansion),
+                name=f"layer{i + 1}_0")(x, train)
+      in_ch = planes * expansion
+      x = scan.repeat(self, Block, block, [f"layer{i + 1}_{j}" for j in range(1, n)], x,
+                      train=train, scan=self.scan, remat=self.remat)
       stages[f"stage{i + 1}"] = x
     if self.pool == "avg":
       pre = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

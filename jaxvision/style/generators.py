@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.core import buckets
+from jaxvision.core import buckets, scan
 from jaxvision.core.registry import register_model
 
 
@@ -202,6 +202,17 @@ def _check_bucket(x, multiple: int, name: str):
                      f"multiple of {multiple} (the total stride)")
 
 
+class JohnsonBlock(nn.Module):
+  """A "same"-padded residual block of Johnson's network; its convolutions "a" and "b" sit
+  flat in the parent as `res{i}_a`, `res{i}_b` (mapped by `scan.repeat`)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, h):
+    r = ConvLayer(self.features, 3, name="a")(h)
+    return h + ConvLayer(self.features, 3, relu=False, name="b")(r)
+
+
 class Johnson(nn.Module):
   """Image transformation network; NHWC RGB in [0, 1] -> same size, RGB in [0, 1].
 
@@ -214,6 +225,8 @@ class Johnson(nn.Module):
   width: int = 32          # c9s1-{width}, d{2w}, d{4w}, residual blocks of 4w
   num_residual: int = 5
   padding: str = "same"
+  scan: bool = True        # "same": the residual blocks scanned (jaxvision.core.scan)
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -237,10 +250,15 @@ class Johnson(nn.Module):
     if not valid:
       targets[1] = h.shape[1:3]
     h = ConvLayer(4 * w, 3, 2, name="d2")(h)
-    for i in range(self.num_residual):
-      r = ConvLayer(4 * w, 3, pad=not valid, name=f"res{i}_a")(h)
-      r = ConvLayer(4 * w, 3, relu=False, pad=not valid, name=f"res{i}_b")(r)
-      h = (h[:, 2:-2, 2:-2] if valid else h) + r
+    if valid or not self.scan:  # each block crops its shortcut: shapes differ, no scan
+      for i in range(self.num_residual):
+        r = ConvLayer(4 * w, 3, pad=not valid, name=f"res{i}_a")(h)
+        r = ConvLayer(4 * w, 3, relu=False, pad=not valid, name=f"res{i}_b")(r)
+        h = (h[:, 2:-2, 2:-2] if valid else h) + r
+    else:
+      h = scan.repeat(self, JohnsonBlock, dict(features=4 * w),
+                      [{"a": f"res{i}_a", "b": f"res{i}_b"} for i in range(self.num_residual)],
+                      h, remat=self.remat)
     h = ConvLayer(2 * w, 3, name="u1")(resize_nearest(h, targets[1]))
     h = ConvLayer(w, 3, name="u2")(resize_nearest(h, targets[0]))
     y = ConvLayer(3, 9, norm=False, relu=False, name="out")(h)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.core import buckets, layers
+from jaxvision.core import buckets, layers, scan
 from jaxvision.core.metrics import rgb_to_ycbcr, ycbcr_to_rgb
 from jaxvision.core.registry import register_model
 from jaxvision.superres.resize import contributions
@@ -225,6 +225,8 @@ class EDSR(nn.Module):
   res_scale: float = 1.0
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  scan: bool = True    # the residual blocks as one scanned loop (jaxvision.core.scan)
+  remat: bool = False  # recompute the blocks' activations in the backward pass
   local = True
 
   def receptive_radius(self) -> int:
@@ -236,9 +238,10 @@ class EDSR(nn.Module):
     mean = _mean(self.rgb_range)
     h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
     h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
-    res = h
-    for i in range(self.n_resblocks):
-      res = ResBlock(self.n_feats, self.res_scale, self.dtype, name=f"body_{i}")(res)
+    res = scan.repeat(self, ResBlock, dict(features=self.n_feats, res_scale=self.res_scale,
+                                           dtype=self.dtype),
+                      [f"body_{i}" for i in range(self.n_resblocks)], h,
+                      scan=self.scan, remat=self.remat)
     res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resblocks}")(res)
     h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
     h = _conv(3, 3, self.dtype, "tail_1")(h)
@@ -269,6 +272,27 @@ class WNConv(nn.Module):
     return y + b.astype(self.dtype)
 
 
+class WDSRBlock(nn.Module):
+  """One WDSR residual block; its convs "0", "1" (B only), "2" sit flat in the parent as
+  `body_{i}_0`, `body_{i}_1`, `body_{i}_2` (the PyTorch keys), mapped by `scan.repeat`."""
+
+  kind: str
+  features: int
+  expansion: int
+  linear: float
+  res_scale: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    f, dt = self.features, self.dtype
+    r = nn.relu(WNConv(f * self.expansion, 3 if self.kind == "a" else 1, dtype=dt, name="0")(h))
+    if self.kind == "b":
+      r = WNConv(int(f * self.linear), 1, dtype=dt, name="1")(r)
+    r = WNConv(f, 3, dtype=dt, name="2")(r)
+    return h + r * self.res_scale
+
+
 class WDSR(nn.Module):
   """WDSR-A (`kind="a"`) or WDSR-B (`kind="b"`), as in JiahuiYu/wdsr_ntire2018."""
 
@@ -281,6 +305,8 @@ class WDSR(nn.Module):
   res_scale: float = 1.0
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  scan: bool = True
+  remat: bool = False
   local = True
 
   def receptive_radius(self) -> int:
@@ -298,7 +324,14 @@ class WDSR(nn.Module):
     half = self.rgb_range / 2  # WDSR normalises to about [-1, 1]
     h0 = ((x.astype(jnp.float32) * self.rgb_range - mean) / half).astype(dt)
     h = WNConv(f, 3, dtype=dt, name="head")(h0)
-    for i in range(self.n_resblocks):
+    convs = ("0", "1", "2") if self.kind == "b" else ("0", "2")
+    if self.scan:
+      h = scan.repeat(self, WDSRBlock, dict(kind=self.kind, features=f, expansion=expansion,
+                                            linear=self.linear, res_scale=self.res_scale,
+                                            dtype=dt),
+                      [{c: f"body_{i}_{c}" for c in convs} for i in range(self.n_resblocks)],
+                      h, remat=self.remat)
+    for i in range(0 if self.scan else self.n_resblocks):  # the unrolled reference
       r = nn.relu(WNConv(f * expansion, 3 if self.kind == "a" else 1, dtype=dt,
                          name=f"body_{i}_0")(h))
       if self.kind == "b":
@@ -331,12 +364,15 @@ class ResidualGroup(nn.Module):
   n_resblocks: int
   reduction: int = 16
   dtype: Any = jnp.float32
+  scan: bool = True
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x):
-    h = x
-    for i in range(self.n_resblocks):
-      h = RCAB(self.features, self.reduction, self.dtype, name=f"body_{i}")(h)
+    h = scan.repeat(self, RCAB, dict(features=self.features, reduction=self.reduction,
+                                     dtype=self.dtype),
+                    [f"body_{i}" for i in range(self.n_resblocks)], x,
+                    scan=self.scan, remat=self.remat)
     return x + _conv(self.features, 3, self.dtype, f"body_{self.n_resblocks}")(h)
 
 
@@ -348,6 +384,8 @@ class RCAN(nn.Module):
   reduction: int = 16
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  scan: bool = True    # groups and blocks as nested scanned loops (jaxvision.core.scan)
+  remat: bool = False  # recompute each block's activations in the backward pass
   local = False  # channel attention averages over the whole image
 
   def receptive_radius(self) -> int:
@@ -360,10 +398,11 @@ class RCAN(nn.Module):
     mean = _mean(self.rgb_range)
     h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
     h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
-    res = h
-    for g in range(self.n_resgroups):
-      res = ResidualGroup(self.n_feats, self.n_resblocks, self.reduction, self.dtype,
-                          name=f"body_{g}")(res)
+    group = dict(features=self.n_feats, n_resblocks=self.n_resblocks,
+                 reduction=self.reduction, dtype=self.dtype, scan=self.scan, remat=self.remat)
+    # remat on the blocks inside the groups, not again on the groups
+    res = scan.repeat(self, ResidualGroup, group, [f"body_{g}" for g in range(self.n_resgroups)],
+                      h, scan=self.scan)
     res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resgroups}")(res)
     h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
     h = _conv(3, 3, self.dtype, "tail_1")(h)

@@ -79,7 +79,10 @@ def _add_core_commands(sub) -> None:
                      "workdir that --checkpoint options accept.")
   p.add_argument("--model", required=True, help="registered model name (see `jaxvision models`)")
   p.add_argument("--kwargs", default="", help="model arguments, e.g. num_classes=1000,scale=4")
-  p.add_argument("input", metavar="IN", help=".pth/.pt, .safetensors, .npz or .h5 file")
+  p.add_argument("input", metavar="IN", nargs="?", default="auto",
+                 help=".pth/.pt, .safetensors, .npz or .h5 file, or a model's own format "
+                 "(dlib .dat, MTCNN's files); left out or 'auto': the file of the installed "
+                 "package where the model has one (mtcnn, dlib_resnet, dlib_ert_68, ...)")
   p.add_argument("output", metavar="OUT_WORKDIR")
   p.set_defaults(func=convert)
   sub.add_parser("models", help="list registered models").set_defaults(func=list_models)

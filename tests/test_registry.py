@@ -46,7 +46,18 @@ SMALL = {
     "rcan": ({"scale": 2, "n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4},
              (1, 8, 8, 3)),
     "johnson_sr": ({"scale": 4, "features": 8, "n_resblocks": 1}, (1, 8, 8, 3)),
+    # recognition: normalize=False where the model L2-normalises (the gradient of a sum of
+    # squares of a unit vector is zero)
+    "dlib_resnet": ({"units": ((4, False), (8, True)), "stem_features": 4, "embed_dim": 8},
+                    (1, 32, 32, 3)),
+    "deepface": ({"widths": (2,) * 6, "embed_dim": 8, "normalize": False}, (1, 73, 73, 3)),
+    "deepid": ({"widths": (2, 2, 2, 2), "embed_dim": 8}, (1, 39, 31, 3)),
+    "facenet_inception_resnet_v1": ({"repeats": (1, 1, 1), "embed_dim": 8, "normalize": False},
+                                    (1, 75, 75, 3)),
+    "openface_nn4_small2": ({"embed_dim": 8, "normalize": False}, (1, 32, 32, 3)),
 }
+# Models whose small forward/backward compiles for tens of seconds: in the longrun group.
+LONG_SWEEP = {"facenet_inception_resnet_v1", "openface_nn4_small2"}
 for _n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "se_resnet18",
            "se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d",
            "se_resnext101_32x4d", "spp_resnet18"):
@@ -101,13 +112,22 @@ PARAM_COUNTS = {
     "vgg19": 20_024_384,
     "wdsr_a": 1_190_100,
     "wdsr_b": 303_604,
+    # recognition: openface's is the count its .def.lua states; deepface without the
+    # 4030-way identity layer (about 119 M with it, the paper's figure)
+    "dlib_resnet": 5_614_592,
+    "deepface": 102_412_864,
+    "deepid": 151_800,
+    "facenet_inception_resnet_v1": 23_467_824,
+    "openface_nn4_small2": 3_733_968,
 }
 
 DEFAULT_INPUT = {"mtcnn-pnet": (1, 12, 12, 3), "mtcnn-rnet": (1, 24, 24, 3),
                  "mtcnn-onet": (1, 48, 48, 3), "cascade-12net": (1, 12, 12, 3),
                  "cascade-24net": (1, 24, 24, 3), "cascade-48net": (1, 48, 48, 3),
                  "cascade-12cal": (1, 12, 12, 3), "cascade-24cal": (1, 24, 24, 3),
-                 "cascade-48cal": (1, 48, 48, 3)}
+                 "cascade-48cal": (1, 48, 48, 3),
+                 "deepface": (1, 152, 152, 3), "deepid": (1, 39, 31, 3),
+                 "facenet_inception_resnet_v1": (1, 160, 160, 3)}
 
 
 def _call_kwargs(model, train):
@@ -131,7 +151,8 @@ def test_every_model_is_in_the_tables():
                                       sorted(set(PARAM_COUNTS) - names))
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.longrun) if n in LONG_SWEEP
+                                  else n for n in sorted(SMALL)])
 def test_forward_backward_finite(name):
   kwargs, shape = SMALL[name]
   model = models.create(name, **kwargs)

@@ -55,6 +55,16 @@ SMALL = {
     "facenet_inception_resnet_v1": ({"repeats": (1, 1, 1), "embed_dim": 8, "normalize": False},
                                     (1, 75, 75, 3)),
     "openface_nn4_small2": ({"embed_dim": 8, "normalize": False}, (1, 32, 32, 3)),
+    # landmarks
+    "dlib_ert_68": ({"num_cascades": 2, "num_trees": 3, "depth": 2, "num_features": 4},
+                    (1, 16, 16, 3)),
+    "dlib_ert_5": ({"num_cascades": 2, "num_trees": 3, "depth": 2, "num_features": 4},
+                   (1, 16, 16, 3)),
+    "pfld": ({"width": 0.25, "input_size": 32, "repeats": (1, 1)}, (1, 32, 32, 3)),
+    # denoising and deep ISP
+    "dncnn": ({"depth": 3, "features": 4}, (1, 16, 16, 3)),
+    "n2n_unet": ({"features": 4}, (1, 32, 32, 3)),
+    "hdrnet": ({"lowres": 16, "n_splat": 1, "features": 4, "fc": (8,)}, (1, 16, 16, 3)),
 }
 # Models whose small forward/backward compiles for tens of seconds: in the longrun group.
 LONG_SWEEP = {"facenet_inception_resnet_v1", "openface_nn4_small2"}
@@ -119,6 +129,15 @@ PARAM_COUNTS = {
     "deepid": 151_800,
     "facenet_inception_resnet_v1": 23_467_824,
     "openface_nn4_small2": 3_733_968,
+    # landmarks: the ERT counts are the cascades' split thresholds, feature offsets and leaf
+    # values at dlib's shapes (15 cascades x 500 trees of depth 4)
+    "dlib_ert_68": 16_447_636,
+    "dlib_ert_5": 1_336_510,
+    "pfld": 1_681_451,
+    # denoising: from the papers' layer tables (DnCNN RGB, Noise2Noise's U-Net, HDRNet)
+    "dncnn": 558_403,
+    "n2n_unet": 991_203,
+    "hdrnet": 482_080,
 }
 
 DEFAULT_INPUT = {"mtcnn-pnet": (1, 12, 12, 3), "mtcnn-rnet": (1, 24, 24, 3),

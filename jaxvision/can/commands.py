@@ -23,9 +23,10 @@ def enhance(args) -> None:
   jobs, folder = inputs.one_to_one_jobs(args.input, args.output, ".png")
   config, model, variables, step = checkpoint.load_model(args.checkpoint, "image_to_image",
                                                          "an image operator")
-  if not hasattr(model, "receptive_radius"):  # tiling needs a bounded receptive field
+  whole = bool(getattr(model, "full_resolution", False))  # HDRNet: a low-res grid, no tiles
+  if not whole and not hasattr(model, "receptive_radius"):  # tiling needs a bounded field
     raise UserError(f"{config.model.name}: no receptive_radius(); cannot apply it in tiles")
-  radius = model.receptive_radius()
+  radius = 0 if whole else model.receptive_radius()
 
   def default_tile(h, w):  # whole image if it fits the pixel budget, else the largest tiles that do
     return max(h, w) if h * w <= args.max_pixels else max(
@@ -35,8 +36,12 @@ def enhance(args) -> None:
   # buckets, the padding masked (core.buckets), so a folder compiles one program per bucket;
   # the full tile window is a bucket of its own (large images run unpadded).
   window = (args.tile if args.tile is not None else default_tile(1 << 30, 1 << 30)) + 2 * radius
-  fn = buckets.bucketed_apply(lambda x: model.apply(variables, x, train=False),
-                              keep_sides=(window,))
+  if whole:  # the whole image at full resolution: padding would change its low-res grid
+    import jax
+    fn = jax.jit(lambda x: model.apply(variables, x, train=False))
+  else:
+    fn = buckets.bucketed_apply(lambda x: model.apply(variables, x, train=False),
+                                keep_sides=(window,))
 
   def one(job):
     src, dst = job
@@ -45,7 +50,10 @@ def enhance(args) -> None:
     t = time.time()
     h, w = image.shape[:2]
     tile = args.tile if args.tile is not None else default_tile(h, w)
-    y = io.output_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile), src)
+    if whole:
+      y = io.output_uint8(np.asarray(fn(x[None]))[0], src)
+    else:
+      y = io.output_uint8(tiling.apply_tiled(fn, x, radius=radius, tile=tile), src)
     if alpha is not None:
       y = np.concatenate([y, alpha[..., None]], axis=-1)
     io.write_png(dst, y)

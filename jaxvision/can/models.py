@@ -115,3 +115,12 @@ def can24(**kwargs) -> CAN:
 @register("can32")
 def can32(**kwargs) -> CAN:
   return _make({"width": 32, "depth": 9}, kwargs)
+
+
+@register("hdrnet")
+def hdrnet(**kwargs):
+  """HDRNet (Gharbi et al. 2017), trained on CAN's operators and task: jaxvision/can/hdrnet.py."""
+  from jaxvision.can.hdrnet import HDRNet
+  if "fc" in kwargs:  # configs hold lists
+    kwargs["fc"] = tuple(kwargs["fc"])
+  return HDRNet(**kwargs)

@@ -1,0 +1,279 @@
+"""Landmark models: dlib's regression-tree cascade (evaluated in JAX) and PFLD.
+
+Architectures only (ARCHITECTURE.md rule 5): reading dlib's files is `dlib_ert.py` and
+`convert.py`, the pose fit and losses are `pose.py` / `task.py`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvision.core.registry import register_model
+
+
+# ---------------------------------------------------------------- dlib's ERT cascade
+def grey_like_dlib(images: jax.Array) -> jax.Array:
+  """dlib's intensity of a pixel: an RGB pixel's grey value is (r + g + b) / 3 in integer
+  arithmetic (`assign_pixel` from rgb_pixel to unsigned char, dlib/pixel.h), a grey pixel
+  is itself. (B, H, W, 3) or (B, H, W, 1) or (B, H, W) -> (B, H, W) float32 holding
+  integers 0..255 (for uint8 input; float input is floored the same way)."""
+  x = jnp.asarray(images).astype(jnp.float32)
+  if x.ndim == 4:
+    if x.shape[-1] == 3:
+      return jnp.floor((x[..., 0] + x[..., 1] + x[..., 2]) / 3.0)
+    if x.shape[-1] == 1:
+      return x[..., 0]
+    raise ValueError(f"images with {x.shape[-1]} channels: expected 1 or 3")
+  return x
+
+
+def similarity_2x2(from_pts: jax.Array, to_pts: jax.Array) -> jax.Array:
+  """The 2x2 scale-rotation part of the least-squares similarity from_pts -> to_pts.
+
+  dlib (`find_similarity_transform`) uses Umeyama's SVD formulas, including the sign
+  fix-up that keeps a proper rotation. In 2-D that optimum has a closed form: with both
+  point sets centred, M = [[a, -b], [b, a]], a = sum(f . t) / sum|f|^2 and
+  b = sum(f x t) / sum|f|^2, which is exactly Umeyama's c * R (R = U S V^T, c =
+  trace(D S) / sigma_from) for any input, with no SVD. Only M is needed: dlib applies the
+  transform's 2x2 matrix to the feature offsets and adds the anchor point's position, so
+  the translation never enters. A single point (P = 1) gives the identity, as in dlib.
+  """
+  if from_pts.shape[-2] == 1:
+    return jnp.broadcast_to(jnp.eye(2, dtype=from_pts.dtype), from_pts.shape[:-2] + (2, 2))
+  f = from_pts - from_pts.mean(-2, keepdims=True)
+  t = to_pts - to_pts.mean(-2, keepdims=True)
+  ff = jnp.sum(f * f, (-2, -1))
+  a = jnp.sum(f * t, (-2, -1)) / ff
+  b = jnp.sum(f[..., 0] * t[..., 1] - f[..., 1] * t[..., 0], -1) / ff
+  return jnp.stack([jnp.stack([a, -b], -1), jnp.stack([b, a], -1)], -2)
+
+
+def rect_to_image(pts: jax.Array, rects: jax.Array) -> jax.Array:
+  """dlib's `unnormalizing_tform(rect)`: (0, 0) -> (left, top), (1, 1) -> (right, bottom).
+
+  A dlib rectangle is inclusive (right = left + width - 1), and the map sends 1 to the
+  right/bottom pixel itself, so the scale is right - left, not the width. pts (B, K, 2),
+  rects (B, 4) as (left, top, right, bottom)."""
+  lt = rects[:, None, :2]
+  return lt + pts * (rects[:, None, 2:] - lt)
+
+
+def round_like_dlib(x: jax.Array) -> jax.Array:
+  """dlib's float -> integer point conversion: floor(x + 0.5) (dlib/geometry/vector.h)."""
+  return jnp.floor(x + 0.5)
+
+
+class DlibERT(nn.Module):
+  """dlib's shape predictor (Kazemi & Sullivan 2014, an ensemble of regression trees),
+  batched over faces.
+
+  Per cascade c, starting from the mean shape (in the face rectangle's unit frame):
+    1. M = the similarity from the mean shape to the current one (2x2 part);
+    2. feature pixel k sits at M @ deltas[c, k] + current[anchor[c, k]] (unit frame),
+       mapped to the image by the rectangle, rounded to the nearest pixel; its value is
+       that pixel's grey intensity, 0 outside the image (`extract_feature_pixel_values`);
+    3. each of the T trees walks `depth` levels: at node i go to the left child 2i + 1
+       when value[idx1] - value[idx2] > thresh, else to the right 2i + 2; the leaf's
+       increment (P, 2) is added to the shape; all T trees read the same pixel values, so
+       they are evaluated together and their increments summed.
+  The result is mapped to image pixels by the rectangle. dlib returns the points rounded
+  to integers (`round_like_dlib`); these are the unrounded floats.
+
+  Call: `images` (N, H, W[, C]) uint8 or float 0..255 (RGB is converted to grey as dlib
+  does), `rects` (B, 4) face rectangles (left, top, right, bottom; default each image's
+  full rectangle, B = N), `image_index` (B,) which image each face is in (default
+  arange(B), or all 0 for a single image), `sizes` (N, 2) the valid (height, width) of
+  each image when the batch is padded (default H, W). Returns (B, P, 2) float32 (x, y)
+  points.
+
+  Parameters: the float tables in "params" (initial_shape, thresh, leaves, deltas); the
+  integer ones (split indices, anchors) in the "tables" collection (they are not trained
+  and take no gradient).
+  """
+  num_points: int = 68
+  num_cascades: int = 15
+  num_trees: int = 500
+  depth: int = 4
+  num_features: int = 500
+
+  @nn.compact
+  def __call__(self, images, rects=None, image_index=None, sizes=None):
+    p, c, t, f = self.num_points, self.num_cascades, self.num_trees, self.num_features
+    s = 2 ** self.depth - 1
+    zeros = nn.initializers.zeros
+    initial = self.param("initial_shape", lambda k, sh: jnp.full(sh, 0.5), (p, 2))
+    thresh = self.param("thresh", zeros, (c, t, s))
+    leaves = self.param("leaves", nn.initializers.normal(1e-3), (c, t, s + 1, p, 2))
+    deltas = self.param("deltas", zeros, (c, f, 2))
+    idx = self.variable("tables", "idx", lambda: jnp.zeros((c, t, s, 2), jnp.int32)).value
+    anchor = self.variable("tables", "anchor", lambda: jnp.zeros((c, f), jnp.int32)).value
+
+    grey = grey_like_dlib(images)                      # (N, H, W)
+    n, h, w = grey.shape
+    if sizes is None:
+      sizes = jnp.broadcast_to(jnp.array([h, w], jnp.float32), (n, 2))
+    sizes = jnp.asarray(sizes, jnp.float32)
+    if rects is None:
+      rects = jnp.concatenate([jnp.zeros((n, 2)), sizes[:, ::-1] - 1], -1)
+    rects = jnp.asarray(rects, jnp.float32)
+    b = rects.shape[0]
+    if image_index is None:  # one image: every face is in it; else face i in image i
+      if n != 1 and n != b:
+        raise ValueError(f"{b} rectangles for {n} images: pass image_index")
+      image_index = jnp.zeros(b, jnp.int32) if n == 1 else jnp.arange(b)
+    image_index = jnp.asarray(image_index, jnp.int32)
+    hw = sizes[image_index]                             # (B, 2)
+    flat = grey.reshape(n * h * w)
+
+    def sample(pts_unit):                               # (B, F, 2) -> (B, F) intensities
+      q = round_like_dlib(rect_to_image(pts_unit, rects))
+      x, y = q[..., 0], q[..., 1]
+      inside = (x >= 0) & (y >= 0) & (x < hw[:, None, 1]) & (y < hw[:, None, 0])
+      xi = jnp.clip(x, 0, w - 1).astype(jnp.int32)
+      yi = jnp.clip(y, 0, h - 1).astype(jnp.int32)
+      v = flat[image_index[:, None] * (h * w) + yi * w + xi]
+      return jnp.where(inside, v, 0.0)
+
+    def cascade(shape, xs):                            # shape (B, P, 2)
+      thr, leaf, delta, ix, anc = xs
+      m = similarity_2x2(jnp.broadcast_to(initial, shape.shape), shape)   # (B, 2, 2)
+      pts = jnp.einsum("bij,fj->bfi", m, delta) + shape[:, anc]           # (B, F, 2)
+      vals = sample(pts)
+      node = jnp.zeros((b, t), jnp.int32)
+      trees = jnp.arange(t)
+      for _ in range(self.depth):
+        i1 = ix[trees[None], node]                                       # (B, T, 2)
+        a = jnp.take_along_axis(vals, i1[..., 0], 1)
+        bb = jnp.take_along_axis(vals, i1[..., 1], 1)
+        node = jnp.where(a - bb > thr[trees[None], node], 2 * node + 1, 2 * node + 2)
+      # sum_t leaf[t, leaf_t]: a gather of whole (P, 2) leaf rows and a sum over trees.
+      # (Measured alternatives, slower on this CPU: a one-hot (B, T*L) x (T*L, 2P) matrix
+      # product, 2-20x; the sum in cache-sized chunks of trees, no faster and 8x the
+      # compile time.)
+      inc = leaf[trees[None], node - s].sum(1)                           # (B, P, 2)
+      return shape + inc, None
+
+    # A scan over the cascades (one compiled body): unrolling the 15 cascades compiled
+    # 5-8x longer and ran no faster at batch 64 in our measurements.
+    shape0 = jnp.broadcast_to(initial, (b, p, 2)).astype(jnp.float32)
+    shape, _ = jax.lax.scan(cascade, shape0, (thresh, leaves, deltas, idx, anchor))
+    return rect_to_image(shape, rects)
+
+
+@register_model("dlib_ert_68")
+def dlib_ert_68(**kw) -> DlibERT:
+  """dlib's 68-point (iBUG 300-W markup) predictor: 15 cascades x 500 trees, depth 4."""
+  return DlibERT(**{"num_points": 68, "num_features": 500, **kw})
+
+
+@register_model("dlib_ert_5")
+def dlib_ert_5(**kw) -> DlibERT:
+  """dlib's 5-point predictor (eye corners and the base of the nose), 800 features."""
+  return DlibERT(**{"num_points": 5, "num_features": 800, **kw})
+
+
+# ---------------------------------------------------------------- PFLD
+def _ch(c: int, width: float) -> int:
+  """Channels at a width multiplier, at least 8 and a multiple of 8 when above 8."""
+  return max(8, int(round(c * width / 8)) * 8) if c * width > 8 else 8
+
+
+class _ConvBN(nn.Module):
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  groups: int = 1
+  relu: bool = True
+  padding: str = "SAME"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=self.padding,
+                feature_group_count=self.groups, use_bias=False)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.relu(x) if self.relu else x
+
+
+class _Bottleneck(nn.Module):
+  """MobileNetV2's inverted residual: 1x1 expand (t), 3x3 depthwise (stride), 1x1 linear
+  projection; a residual when the stride is 1 and the channels are unchanged."""
+  features: int
+  expand: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    h = _ConvBN(c * self.expand, 1)(x, train)
+    h = _ConvBN(c * self.expand, 3, self.stride, groups=c * self.expand)(h, train)
+    h = _ConvBN(self.features, 1, relu=False)(h, train)
+    return x + h if self.stride == 1 and c == self.features else h
+
+
+class PFLD(nn.Module):
+  """PFLD (Guo et al. 2019, "A Practical Facial Landmark Detector"), Table 1.
+
+  Backbone on a 112 x 112 face crop (sizes for 112): conv3x3/2 64, depthwise 3x3 64,
+  bottlenecks (t, c, n, s) = (2, 64, 5, 2), (2, 128, 1, 2), (4, 128, 6, 1), (2, 16, 1, 1);
+  then S1 = that 14x14x16 map, S2 = conv3x3/2 32 (7x7), S3 = conv7x7 128 (VALID, 1x1); the
+  multi-scale head concatenates the global averages of S1, S2 and S3 (16 + 32 + 128) into
+  one fully connected layer of 2P outputs: the points (x, y) in the crop's unit frame.
+
+  The auxiliary head (training only) reads the 28x28 map after the first bottleneck
+  stage: conv3x3/2 128, conv3x3 128, conv3x3/2 32, conv7x7 128, max pool, fc 32, fc 3: the
+  yaw, pitch and roll (radians) that weight the loss. It is always built (so that a
+  model initialised for inference can be trained), and returned only when train=True.
+
+  `width` multiplies every channel count (PFLD 1X = 1.0, 0.25X = 0.25); `input_size`
+  must be a multiple of 16 (the S3 kernel is input_size / 16, 7 at 112); `repeats`
+  (default the paper's 5 and 6) shortens the two repeated stages for quick tests.
+  """
+  num_points: int = 68
+  width: float = 1.0
+  input_size: int = 112
+  repeats: Sequence[int] = (5, 6)   # the (2, 64) and (4, 128) stages' bottleneck counts
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.shape[1] != self.input_size or x.shape[2] != self.input_size:
+      # the registry sweep and odd callers: resize to the size the head is built for
+      x = jax.image.resize(x, (x.shape[0], self.input_size, self.input_size, x.shape[3]),
+                           "bilinear")
+    if self.input_size % 16:
+      raise ValueError(f"PFLD input_size {self.input_size}: must be a multiple of 16")
+    w = lambda c: _ch(c, self.width)
+    x = _ConvBN(w(64), 3, 2)(x, train)
+    x = _ConvBN(w(64), 3, 1, groups=w(64))(x, train)
+    for i in range(self.repeats[0]):
+      x = _Bottleneck(w(64), 2, 2 if i == 0 else 1)(x, train)
+    aux_in = x                                       # 28 x 28 at 112
+    x = _Bottleneck(w(128), 2, 2)(x, train)
+    for _ in range(self.repeats[1]):
+      x = _Bottleneck(w(128), 4, 1)(x, train)
+    s1 = _Bottleneck(16, 2, 1)(x, train)             # 14 x 14 x 16 (not width-scaled)
+    s2 = _ConvBN(32, 3, 2)(s1, train)                # 7 x 7 x 32
+    k = self.input_size // 16
+    s3 = nn.relu(nn.Conv(128, (k, k), padding="VALID")(s2))   # 1 x 1 x 128
+    feats = jnp.concatenate([s1.mean((1, 2)), s2.mean((1, 2)), s3.mean((1, 2))], -1)
+    # bias 0.5: the points start at the crop's centre, not wherever a random bias puts them
+    landmarks = nn.Dense(2 * self.num_points, name="fc",
+                         bias_init=nn.initializers.constant(0.5))(feats)
+
+    a = _ConvBN(128, 3, 2)(aux_in, train)
+    a = _ConvBN(128, 3, 1)(a, train)
+    a = _ConvBN(32, 3, 2)(a, train)
+    a = _ConvBN(128, k, 1)(a, train)
+    a = a.max((1, 2))
+    a = nn.Dense(32, name="aux_fc1")(a)
+    angles = nn.Dense(3, name="aux_fc2")(a)
+    return {"landmarks": landmarks, "angles": angles} if train else {"landmarks": landmarks}
+
+
+@register_model("pfld")
+def pfld(**kw) -> PFLD:
+  """PFLD with `width` (1.0 = PFLD 1X, 0.25 = 0.25X) and `input_size` (112)."""
+  return PFLD(**kw)

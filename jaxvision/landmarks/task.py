@@ -1,0 +1,110 @@
+"""The `landmarks` task: PFLD's pose-weighted loss (or wing loss) on face crops.
+
+  loss = "pfld" (default): (1/M) sum_m w_m sum_n ||p_mn - g_mn||^2 over the M faces and
+         their points (unit-frame coordinates), with the weight of PFLD (Guo et al. 2019,
+         eq. 2) w_m = floor + a_m * sum_{k in yaw, pitch, roll} (1 - cos(theta^_mk - theta_mk)):
+         theta^ the auxiliary head's angles, theta the pose fit's (pose.py), a_m the
+         attribute weight (1: the embedded and .pts data carry no attributes). The paper's
+         weight is floor = 0; there the auxiliary head alone can drive a face's weight, and
+         so its landmark loss, to zero, so the default floor is 1 (config.loss_floor).
+  loss = "wing": Feng et al. 2018's wing loss on the coordinates in input pixels
+         (w = 10, epsilon = 2), summed over coordinates, mean over faces (no angle head).
+  loss = "l2": the unweighted sum of squares.
+
+Metrics: per face the NME (inter-ocular for 68 points, else normalised by the crop side)
+and the loss; samples: the first eval crops with the predicted points drawn.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision.core.registry import register_task
+from jaxvision.core.tasks import Task, apply_model
+
+
+def wing(x, w: float = 10.0, eps: float = 2.0):
+  """Wing loss per element: w ln(1 + |x|/eps) for |x| < w, |x| - C beyond (C makes it
+  continuous: C = w - w ln(1 + w/eps))."""
+  a = jnp.abs(x)
+  c = w - w * jnp.log1p(w / eps)
+  return jnp.where(a < w, w * jnp.log1p(a / eps), a - c)
+
+
+def pfld_loss(pred, gt, angles_pred, angles_gt, attribute_weight=None, floor: float = 1.0):
+  """PFLD's weighted loss (module docstring): pred, gt (M, 2P); angles (M, 3) radians."""
+  se = jnp.sum((pred - gt) ** 2, -1)
+  a = 1.0 if attribute_weight is None else attribute_weight
+  w = floor + a * jnp.sum(1.0 - jnp.cos(angles_pred - angles_gt), -1)
+  return jnp.mean(w * se)
+
+
+def _inter_ocular(gt):
+  g = gt.reshape(gt.shape[0], -1, 2)
+  if g.shape[1] == 68:
+    return jnp.linalg.norm(g[:, 36] - g[:, 45], axis=-1)
+  return jnp.ones(g.shape[0])
+
+
+def landmarks_loss(model, variables, batch, rng, train, config):
+  del rng
+  out, state = apply_model(model, variables, batch["input"], train)
+  pred, gt = out["landmarks"].astype(jnp.float32), batch["landmarks"]
+  kind = config.get("loss", "pfld")
+  if kind == "pfld" and "angles" in out:
+    loss = pfld_loss(pred, gt, out["angles"].astype(jnp.float32), batch["angles"],
+                     floor=float(config.get("loss_floor", 1.0)))
+  elif kind == "wing":
+    s = float(batch["input"].shape[1])
+    loss = jnp.mean(jnp.sum(wing((pred - gt) * s, float(config.get("wing_w", 10.0)),
+                                 float(config.get("wing_eps", 2.0))), -1))
+  else:
+    loss = jnp.mean(jnp.sum((pred - gt) ** 2, -1))
+  err = jnp.linalg.norm((pred - gt).reshape(pred.shape[0], -1, 2), axis=-1).mean(-1)
+  return loss, ({"nme": jnp.mean(err / _inter_ocular(gt))}, state)
+
+
+def landmarks_evaluate(model, variables, batch, config):
+  del config
+  out = model.apply(variables, batch["input"], train=False)
+  pred, gt = out["landmarks"], batch["landmarks"]
+  err = jnp.linalg.norm((pred - gt).reshape(pred.shape[0], -1, 2), axis=-1).mean(-1)
+  return {"nme": err / _inter_ocular(gt), "l2": jnp.sum((pred - gt) ** 2, -1),
+          "landmarks": pred}
+
+
+def landmarks_samples(batch, outputs, config):
+  del config
+  x = np.asarray(batch["input"][:4])
+  img = (np.clip(x, 0, 1) * 255).astype(np.uint8)
+  pts = np.asarray(outputs["landmarks"][:4]).reshape(len(img), -1, 2) * img.shape[1]
+  for im, p in zip(img, pts):
+    for u, v in np.round(p).astype(int):
+      if 0 <= u < im.shape[1] and 0 <= v < im.shape[0]:
+        im[v, u] = (255, 0, 0)
+  return {"points": img}
+
+
+def landmarks_make_data(config):
+  import grain.python as grain
+  from jaxvision.landmarks import data as lm_data
+  d = config.data
+  size = int(config.model.kwargs.get("input_size", 112))
+  scale = float(d.get("crop_scale", 1.25))
+  kw = dict(data_dir=d.get("data_dir") or None, eval_folder=d.get("eval_folder", ""))
+  train = lm_data.samples_from(lm_data.get_faces(d.dataset, "train", **kw), size, scale)
+  test = lm_data.samples_from(lm_data.get_faces(d.dataset, "test", **kw), size, scale)
+  per_host = config.batch_size // jax.process_count()
+  src = lm_data.FaceBatches(train, per_host, config.seed + 1000 * jax.process_index())
+  sampler = grain.IndexSampler(num_records=len(src), shuffle=False, num_epochs=1,
+                               shard_options=grain.NoSharding(), seed=config.seed)
+  loader = grain.DataLoader(data_source=src, sampler=sampler, worker_count=0)
+  eb = int(d.get("eval_batch_size", 32))
+  n = len(test["input"])
+  evals = [{k: v[i:i + eb] for k, v in test.items()} for i in range(0, n - n % eb or n, eb)]
+  return loader, evals
+
+
+register_task("landmarks", Task(make_data=landmarks_make_data, loss=landmarks_loss,
+                                evaluate=landmarks_evaluate, samples=landmarks_samples))

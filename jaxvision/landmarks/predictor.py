@@ -84,14 +84,14 @@ class CropLandmarker:
     self._run = jax.jit(lambda v, x: model.apply(v, x, train=False)["landmarks"])
 
   def __call__(self, image: np.ndarray, rects) -> np.ndarray:
-    from jaxvision.landmarks import data
+    from jaxvision.landmarks.crop import crop_face
     rects = np.asarray(rects, np.float32).reshape(-1, 4)
     if not len(rects):
       return np.zeros((0, self.num_points, 2), np.float32)
     crops, frames = [], []
     for l, t, r, b in rects:
       corners = np.array([[l, t], [r, b]], np.float32)
-      crop, _ = data.crop_face(image, corners, self.size, self.scale)
+      crop, _ = crop_face(image, corners, self.size, self.scale)
       side = max(float(max(r - l, b - t)) * self.scale, 4.0)
       frames.append(((l + r) / 2 - side / 2, (t + b) / 2 - side / 2, side))
       crops.append(crop)

@@ -57,7 +57,7 @@ def one(name: str, unrolled: bool) -> dict:
   rest = {k: a for k, a in v.items() if k != "params"}
   tx = optax.adam(1e-4)
 
-  def loss(p, key):
+  def loss(p, rest, key):
     kw2 = {"mutable": list(rest)} if rest else {}
     out = model.apply({"params": p, **rest}, x, rngs={"noise": key, "dropout": key},
                       **call, **kw2)
@@ -65,13 +65,14 @@ def one(name: str, unrolled: bool) -> dict:
     leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
     return sum(jnp.mean(jnp.square(o.astype(jnp.float32))) for o in leaves)
 
-  def step(p, o, key):
-    g = jax.grad(loss)(p, key)
+  def step(p, rest, o, key):
+    g = jax.grad(loss)(p, rest, key)
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o
 
   t = time.perf_counter()
-  lowered = jax.jit(step).lower(params, jax.eval_shape(tx.init, params), jax.random.PRNGKey(0))
+  lowered = jax.jit(step).lower(params, rest, jax.eval_shape(tx.init, params),
+                                jax.random.PRNGKey(0))
   t_lower = time.perf_counter() - t
   t = time.perf_counter()
   lowered.compile()

@@ -16,7 +16,7 @@ Presets
         Evaluated as CAN's cpu preset: 256x256 centre crops of the 3 held-out photos.
         Measured (tone_manipulation, shared 2-core CPU, about 5 minutes): identity
         28.85 dB -> 31.40 dB PSNR, 0.968 SSIM; CAN24 with configs/can.py on the same
-        machine and data 32.29 dB. At 1080p HDRNet ran 6.3x faster per megapixel than
+        machine and data 32.29 dB. At 1080p HDRNet ran 7.1x faster per megapixel than
         CAN24 (docs/denoise.md).
   paper the paper's recipe for a GPU: lowres 256, 4 splat layers, 16x16x8 grid, Adam 1e-4,
         whole images up to 512 crops, 200k steps. Published: 28.8 dB on HDR+ and 1080p at

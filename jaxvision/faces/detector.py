@@ -6,7 +6,7 @@
     [[{"box": [x1, y1, x2, y2], "score": 0.99, "landmarks": [[x, y] * 5]}], ...]
     >>> for faces in det.detect_each(photos): ...  # one list per photo, in order
 
-MTCNN: the three nets run compiled on fixed batches (six programs, whatever the image
+MTCNN: the three nets run compiled on fixed batches (five programs, whatever the image
 sizes); the pyramid, the windows, every NMS and the box arithmetic run on the host in
 numpy, with every candidate kept (section "MTCNN: nets on the device, geometry on the
 host" below). Cascade CNN: the whole cascade (pyramid, 12-net, calibrations, NMS, 24-net,
@@ -35,14 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.core import checkpoint as jv_ckpt
 from jaxvision.core.errors import CheckpointError, DataError
 from jaxvision.core.executables import Executables
 from jaxvision.faces.boxes import (apply_calibration, area_crops, bbreg, cell_windows,
                                    crop_regions, integral_image, nms, out_cells, overlap,
                                    pack_levels, pyramid_scales, rerec)
 from jaxvision.faces.convert import load_mtcnn_weights
-from jaxvision.faces.models import ONet, PNet, RNet, normalize
+from jaxvision.faces import programs
+from jaxvision.faces.programs import Released, normalize
+# flax (faces.models) and orbax (core.checkpoint) are imported only where a trained or
+# converted workdir's modules are used: the released weights run without them.
 
 NEG = -1e9  # score of an empty buffer slot
 
@@ -142,7 +144,7 @@ def _compact(k, scores, valid, *arrays):
 #           them, with no candidate buffer: every candidate is kept, as the reference keeps
 #           them, so no face is dropped for lack of room)
 #   device  only the three nets, each on a fixed batch: P-Net on TILE_BATCHES tiles,
-#           R-Net / O-Net on CROP_BATCHES crops. Six programs, whatever the image sizes
+#           R-Net / O-Net on CROP_BATCHES crops. Five programs, whatever the image sizes
 #           and the number of candidates; compiled once (in parallel, at the first
 #           detection) and kept by the persistent compilation cache (jaxvision.core.compile).
 # Images go through in parallel threads (XLA:CPU runs each convolution on one core; two
@@ -307,14 +309,30 @@ def _later_stage(stage: str, pyr: _Pyramid, boxes, scores, out, cfg: DetectorCon
   return b[keep], prob[ok][keep], lm[keep]
 
 
+def _released_form(stage: str, module):
+  """The fast inference form of `module` (jaxvision.faces.programs) when it is the released
+  architecture of its stage (a `Released` stand-in, or a full-width float32 module), else
+  None (the module itself runs)."""
+  if isinstance(module, Released):
+    return programs.NETS[module.stage]
+  from jaxvision.faces.models import ONet, PNet, RNet  # a module: flax is imported already
+  kinds = {"pnet": PNet, "rnet": RNet, "onet": ONet}
+  if (type(module) is kinds[stage] and module.width == 1.0
+      and getattr(module, "dtype", None) in (None, jnp.float32)):
+    return programs.NETS[stage]
+  return None
+
+
 def _mtcnn_net(stage: str, module, v, *inputs) -> dict:
   """One MTCNN net alone (softmax in): P-Net on (tiles, pool masks), R-Net and O-Net on
-  crops -> dict of float32 arrays."""
+  crops -> dict of float32 arrays. The released nets run in their fast forms
+  (jaxvision.faces.programs: the same function, 2x faster on XLA:CPU)."""
+  fast = _released_form(stage, module)
   if stage == "pnet":
     tiles, mask = inputs
-    o = module.apply(v, tiles, pool_mask=mask)
+    o = (fast(v, tiles, mask) if fast else module.apply(v, tiles, pool_mask=mask))
     return {"prob": _prob(o["logits"]), "box": o["box"]}
-  o = module.apply(v, normalize(inputs[0]))
+  o = fast(v, normalize(inputs[0])) if fast else module.apply(v, normalize(inputs[0]))
   d = {"prob": _prob(o["logits"]), "box": o["box"]}
   if "landmarks" in o:
     d["landmarks"] = o["landmarks"]
@@ -325,7 +343,7 @@ _mtcnn_program = jax.jit(_mtcnn_net, static_argnums=(0, 1))
 # Executables of the MTCNN programs, kept on disk beside the compile cache: a warm run
 # loads them without tracing flax (0.13 s a program; core.executables).
 _EXECUTABLES = Executables("jaxvision.faces.detector", "jaxvision.faces.models",
-                           "jaxvision.faces.boxes")
+                           "jaxvision.faces.programs", "jaxvision.faces.boxes")
 
 
 # ---------------------------------------------------------------- Cascade CNN pipeline
@@ -622,7 +640,7 @@ def as_rgb_batch(images) -> np.ndarray:
 def mtcnn_detector(source: str = "auto", **config) -> FaceDetector:
   """MTCNN with the original weights (see convert.load_mtcnn_weights)."""
   v = load_mtcnn_weights(source)
-  nets = {"pnet": (PNet(), v["pnet"]), "rnet": (RNet(), v["rnet"]), "onet": (ONet(), v["onet"])}
+  nets = {s: (Released(s), v[s]) for s in MTCNN_STAGES}
   return FaceDetector(nets, DetectorConfig(kind="mtcnn", **config))
 
 
@@ -631,12 +649,12 @@ class CascadeWorkdirError(CheckpointError, ValueError):
 
 
 CONVERTED_MTCNN = "mtcnn"  # model name of `jaxvision convert --model mtcnn` workdirs
-_MTCNN_NETS = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
 
 def _workdir_stages(workdir: str, seen=None) -> dict[str, tuple[Any, dict]]:
   """{stage: (module, variables)} from a trained workdir and its data.previous_stages,
   or the three nets of a converted MTCNN workdir."""
+  from jaxvision.core import checkpoint as jv_ckpt
   seen = set() if seen is None else seen
   key = os.path.realpath(workdir)
   if key in seen:
@@ -648,11 +666,11 @@ def _workdir_stages(workdir: str, seen=None) -> dict[str, tuple[Any, dict]]:
   if name == CONVERTED_MTCNN:
     _, variables, _ = jv_ckpt.load_variables(workdir)
     params = variables["params"]
-    missing = [n for n in _MTCNN_NETS if n not in params]
+    missing = [n for n in MTCNN_STAGES if n not in params]
     if missing:
       raise CascadeWorkdirError(f"{workdir}: a converted MTCNN workdir without "
                                 f"{', '.join(missing)}")
-    return {n: (net(), {"params": params[n]}) for n, net in _MTCNN_NETS.items()}
+    return {n: (Released(n), {"params": params[n]}) for n in MTCNN_STAGES}
   if name not in STAGE_MODELS:
     raise CascadeWorkdirError(f"{workdir}: holds {name!r}, not a face-detection stage "
                               f"({', '.join(STAGE_MODELS)})")

@@ -43,13 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.core.registry import register_model
-
-
-# ---------------------------------------------------------------- input
-def normalize(x):
-  """Pixels 0..255 (uint8 or float) -> float32 (x - 127.5) / 128, every net's input."""
-  xp = jnp if isinstance(x, jax.Array) else np
-  return (xp.asarray(x, xp.float32) - 127.5) / 128.0
+# the input convention and Caffe's flatten order, shared with the detector's flax-free forms
+from jaxvision.faces.programs import normalize  # noqa: F401  (public here as before)
+from jaxvision.faces.programs import swap_hw_flatten as _swap_hw_flatten
 
 
 # ---------------------------------------------------------------- layers
@@ -91,11 +87,6 @@ def lrn(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.
 
 def _conv(features, k, name):
   return nn.Conv(features, (k, k), padding="VALID", name=name)
-
-
-def _swap_hw_flatten(x):
-  """(N, H, W, C) -> (N, W*H*C) in Caffe's order: the released dense weights need it."""
-  return jnp.transpose(x, (0, 2, 1, 3)).reshape(x.shape[0], -1)
 
 
 # ---------------------------------------------------------------- MTCNN

@@ -39,7 +39,15 @@ def main(argv):
     trainer.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                    _PROCESS_ID.value)
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    if hasattr(config, "_ReportError"):  # ml_collections' stand-in for a failed load
+      config._ReportError()
+  except OSError as e:  # ml_collections defers a config file it could not load to here
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    print(f"error: --config: {lines[-1] if lines else e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  try:
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   except (UserError, ValueError) as e:
     # Config and data mistakes are one line; a genuine bug still gets a traceback
     # with -v 1 (--verbosity=1).
@@ -53,5 +61,33 @@ def main(argv):
     sys.exit(130)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with its errors as one line and exit 1. A config file that
+  refuses its argument (configs/denoise.py:model=vgg) reaches absl as a flag error that
+  holds the config's whole traceback; the user gets the flag and the config's own message."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    head = lines[0] if lines else type(e).__name__
+    if any(l.startswith("Traceback") for l in lines):
+      msg = lines[-1].split(": ", 1)[-1]  # "ValueError: unknown ..." -> "unknown ..."
+      flag = head.split(": Error whilst parsing config file", 1)[0].removeprefix("flag ")
+      head = f"{flag}: {msg}"
+    print(f"error: {head} (python -m train --helpshort: the flags)", file=sys.stderr,
+          flush=True)
+    sys.exit(1)
+  except OSError as e:  # --config.KEY=... over a config file that could not be loaded
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    print(f"error: --config: {lines[-1] if lines else e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:  # --config.KEY=... naming no key of the config
+    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    key = str(e).strip("\"' ")
+    flag = next((g for g in given if g.split(".")[-1] == key), "--config.KEY")
+    print(f"error: {flag}: the config has no key {key!r}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

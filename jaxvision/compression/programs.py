@@ -11,6 +11,7 @@ from jaxvision.core.executables import Executables
 # Modules whose source decides what the codec programs compute.
 _CACHE = Executables("jaxvision.compression.coding", "jaxvision.compression.fxdevice",
                      "jaxvision.compression.layers", "jaxvision.compression.models",
-                     "jaxvision.core.buckets", "jaxvision.compression.programs")
+                     "jaxvision.core.buckets", "jaxvision.compression.programs",
+                     load_threads=2)  # large programs: two files load at once
 call = _CACHE.call
 prepare = _CACHE.prepare

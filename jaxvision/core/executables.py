@@ -325,8 +325,13 @@ class Executables:
   """The executables of one family's programs; `sources`: the modules (names) whose source
   decides what they compute, hashed into every key (this module's own is always added)."""
 
-  def __init__(self, *sources: str):
+  def __init__(self, *sources: str, load_threads: int = 1):
+    """load_threads: files loaded at once by `prepare` (XLA:CPU's loading of large
+    programs' object code runs in parallel: the codec's nine encoders load 0.6 s faster
+    two at a time; MTCNN's small programs load while the photos decode, and one at a
+    time is faster there)."""
     self.sources = tuple(sources)
+    self.load_threads = max(1, int(load_threads))
 
   def get(self, jitted, static: tuple, args: tuple):
     """The compiled `jitted(*static, *args)`: from memory, from disk, or compiled (and
@@ -357,10 +362,12 @@ class Executables:
     from concurrent.futures import ThreadPoolExecutor
     todo, seen = [], set()
     with _LOCK:
-      # (one file at a time: two at once saved about 0.6 s on the codec's nine large
-      # programs but cost MTCNN's detect-faces 0.5 s; measured, not worth two paths)
-      for jitted, static, args in requests:
-        key = _key(jitted, static, args, self.sources)
+      keyed = [(_key(j, st, a, self.sources), j, st, a) for j, st, a in requests]
+      if self.load_threads > 1:  # the files on disk first, several at once (see __init__)
+        on_disk = {k: _device(a) for k, _, _, a in keyed if k not in _MEMORY}
+        with ThreadPoolExecutor(min(self.load_threads, max(1, len(on_disk)))) as pool:
+          list(pool.map(lambda kd: _lookup(*kd), on_disk.items()))
+      for key, jitted, static, args in keyed:
         if key in seen or _lookup(key, _device(args)) is not None:
           continue
         seen.add(key)

@@ -190,9 +190,20 @@ def test_bad_config_is_one_line_error(tmp_path, tfds_dir):
   assert p.returncode == 1
   assert p.stderr.strip().splitlines()[-1].startswith(
       "error: config.batch_size=7 is not divisible by the 2 devices")
-  p = run(train_cmd(tmp_path / "b", config="configs/can.py:no_such_op"), tfds_dir,
-          check=False)
-  assert p.returncode == 1 and "unknown operator 'no_such_op'" in p.stderr
+  # a config file that refuses its argument, a key the config lacks, a missing file: one
+  # line each (absl used to print the config's traceback inside its flag error)
+  for cmd, want in [
+      (train_cmd(tmp_path / "b", config="configs/can.py:no_such_op"),
+       "unknown operator 'no_such_op'"),
+      (train_cmd(tmp_path / "c", config="configs/denoise.py:model=vgg"),
+       "error: --config=configs/denoise.py:model=vgg: unknown denoising model 'vgg'"),
+      (train_cmd(tmp_path / "d") + ["--config.no_such_key=1"],
+       "error: --config.no_such_key: the config has no key 'no_such_key'"),
+      (train_cmd(tmp_path / "e", config="configs/no_such_file.py"), "error: --config: ")]:
+    p = run(cmd, tfds_dir, check=False)
+    last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert last.startswith("error: ") and want in last, p.stderr[-2000:]
 
 
 @pytest.mark.longrun

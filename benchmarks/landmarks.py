@@ -1,8 +1,17 @@
 """Landmark throughput: jaxvision's dlib_ert_68 (the regression-tree cascade in JAX, jit)
-side by side with dlib's own shape predictor, on the same faces.
+side by side with dlib's own shape predictor, on the same faces; and MediaPipe's face mesh
+(`--model facemesh`) side by side with a TFLite interpreter.
 
-    .venv/bin/python benchmarks/landmarks.py [--quick] [--model dlib_ert_68|dlib_ert_5]
-        [--repeats N] [--out OUT.json] [--dlib-python .venv-peers/bin/python]
+    .venv/bin/python benchmarks/landmarks.py [--quick]
+        [--model dlib_ert_68|dlib_ert_5|facemesh] [--repeats N] [--out OUT.json]
+        [--dlib-python .venv-peers/bin/python]
+
+facemesh: the same 64 (photo, rectangle) faces as boxes; each call is the whole jitted
+landmarker program (rotated 192 x 192 crops from the stacked photos, the network, the
+mapping back) with 1 pass (MediaPipe's single-image mode) and 2 passes (the default:
+re-cropped from the first mesh). The peer (ai-edge-litert in the peer venv, its default
+XNNPACK kernels, batch 1 as the file fixes it) runs the network alone on 192 x 192
+crops, so its figure has no crop in it.
 
 Faces: the 24 (photo, rectangle) pairs of the parity test (tests/landmarks/photos.py:
 dlib's detector rectangles and fixed ones on skimage's astronaut, camera and eight LFW
@@ -90,15 +99,80 @@ def bench_jax(model_name: str, repeats: int) -> dict:
   return out
 
 
+def bench_facemesh(repeats: int) -> dict:
+  import jax
+  from jaxvision import families
+  from jaxvision.core import tflite_format
+  from jaxvision.core.registry import create_model
+  from jaxvision.landmarks import convert
+  from jaxvision.landmarks import predictor as Pr
+  families.load("models")
+  t = time.perf_counter()
+  variables = convert.facemesh_variables(tflite_format.read_tflite(convert.facemesh_path()))
+  out = {"read_tflite_and_map_s": time.perf_counter() - t}
+  ph, fc = faces()
+  names = sorted(ph)
+  h = max(ph[n].shape[0] for n in names)
+  w = max(ph[n].shape[1] for n in names)
+  rgb = lambda a: a if a.ndim == 3 else np.repeat(a[..., None], 3, -1)
+  stack = np.stack([np.pad(rgb(ph[n]), ((0, h - ph[n].shape[0]), (0, w - ph[n].shape[1]),
+                                       (0, 0))) for n in names])
+  sizes = np.array([ph[n].shape[:2] for n in names], np.float32)
+  index = np.array([names.index(n) for n, _ in fc], np.int32)
+  roi = np.array([Pr.facemesh_roi(r) for _, r in fc], np.float32)
+  for passes in (1, 2):
+    lm = Pr.FaceMeshLandmarker(create_model("facemesh"), variables, passes)
+    for b in (1, 64):
+      t = time.perf_counter()
+      jax.block_until_ready(lm._run(lm.variables, stack, index[:b], sizes, roi[:b]))
+      out[f"passes{passes}_batch{b}_compile_s"] = time.perf_counter() - t
+      times = []
+      for k in range(repeats * (10 if b == 1 else 1)):
+        sl = slice(k % 64, k % 64 + 1) if b == 1 else slice(0, 64)
+        t = time.perf_counter()
+        jax.block_until_ready(lm._run(lm.variables, stack, index[sl], sizes, roi[sl]))
+        times.append(time.perf_counter() - t)
+      out[f"passes{passes}_batch{b}_faces_per_s"] = b / statistics.median(times)
+  return out
+
+
+_TFLITE_PEER = """
+import json, sys, time, statistics, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1]); it.allocate_tensors()
+inp = it.get_input_details()[0]["index"]
+x = np.random.default_rng(0).uniform(0, 1, (64, 1, 192, 192, 3)).astype(np.float32)
+it.set_tensor(inp, x[0]); it.invoke()
+times = []
+for k in range(int(sys.argv[2]) * 64):
+  t = time.perf_counter(); it.set_tensor(inp, x[k % 64]); it.invoke()
+  times.append(time.perf_counter() - t)
+print(json.dumps({"network_faces_per_s": 1 / statistics.median(times)}))
+"""
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="3 repeats")
   ap.add_argument("--repeats", type=int, default=10)
-  ap.add_argument("--model", default="dlib_ert_68", choices=("dlib_ert_68", "dlib_ert_5"))
+  ap.add_argument("--model", default="dlib_ert_68",
+                  choices=("dlib_ert_68", "dlib_ert_5", "facemesh"))
   ap.add_argument("--dlib-python", default=PEERS_PYTHON)
   ap.add_argument("--out", default="landmarks_benchmark.json")
   a = ap.parse_args()
   repeats = 3 if a.quick else a.repeats
+  if a.model == "facemesh":
+    from jaxvision.landmarks import convert
+    res = {"model": a.model, "jaxvision": bench_facemesh(repeats)}
+    if os.path.exists(a.dlib_python):
+      p = subprocess.run([a.dlib_python, "-c", _TFLITE_PEER, convert.facemesh_path(),
+                          str(repeats)], capture_output=True, text=True)
+      res["tflite"] = (json.loads(p.stdout) if p.returncode == 0
+                       else {"error": p.stderr[-300:]})
+    print(json.dumps(res, indent=1))
+    with open(a.out, "w") as f:
+      json.dump(res, f, indent=1)
+    return
   res = {"model": a.model, "jaxvision": bench_jax(a.model, repeats)}
   import photos as P
   from jaxvision.landmarks import convert

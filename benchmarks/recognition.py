@@ -10,6 +10,7 @@ list of 32) in the dev-only peer venv (benchmarks/peers/recognition_dlib.py --ti
 which also gives the chips. Prints one JSON line per figure, and the descriptor parity
 (max L2 difference to dlib) as a check that both computed the same thing.
 On a GPU (when lent) the JAX figures are the device's; dlib-bin's wheel is CPU-only.
+With the peer venv it then runs dlib's alignment pipeline on real faces (`alignment`).
 """
 from __future__ import annotations
 
@@ -80,6 +81,42 @@ def main():
     y = np.asarray(apply(variables, chips))
     err = float(np.linalg.norm(y - ref["descriptors"], axis=1).max())
     print(json.dumps({"parity_max_l2_to_dlib": err, "chips": len(chips)}))
+  if not args.no_dlib and os.path.exists(PEER_PY):
+    alignment(args.reps)
+
+
+def alignment(reps: int) -> None:
+  """dlib's pipeline from an image and dlib's face rectangle (tests/recognition/dlib_peer.py
+  gives dlib's rectangles, 5-point shapes, chips and compute_face_descriptor(img, shape)):
+  our end-to-end descriptor's L2 to dlib's, per face, and the time of our chip extraction
+  (align.extract_chips, with dlib's pyramid for the large faces) after its compilation;
+  also what the warp without the pyramid gives on the large faces."""
+  from jaxvision import families
+  from jaxvision.recognition import align as A
+  from jaxvision.recognition import embed
+  families.load("commands")
+  with tempfile.TemporaryDirectory() as d:
+    out = os.path.join(d, "pipe.npz")
+    subprocess.run([PEER_PY, os.path.join(ROOT, "tests", "recognition", "dlib_peer.py"), out],
+                   check=True, capture_output=True)
+    ref = dict(np.load(out))
+  emb = embed.load_embedder("dlib_resnet", align_with="dlib")
+  model, variables = dlib_resnet(), dlib_resnet_variables()
+  apply = jax.jit(model.apply)
+  for i, rect in enumerate(ref["rects"]):
+    img = ref[f"photo_{ref['photo'][i]}"]
+    face = emb.faces_in(img, [{"rect": rect.tolist()}])[0]
+    det = A.face_chip_details(ref["parts"][i])
+    sec = timed(lambda: A.extract_chips(img, [det]), reps=reps)
+    plain = A.warp(img, A.dlib_chip_matrix(ref["parts"][i])[None], 150, as_uint8=True)
+    e_plain = np.asarray(apply(variables, plain.astype(np.float32)))[0]
+    print(json.dumps({
+        "face": i, "image": list(img.shape[:2]), "chip_rect_side": round(det.rect[2] - det.rect[0] + 1, 1),
+        "pyramid_levels": A.pyramid_levels(det),
+        "end_to_end_l2_to_dlib": round(float(np.linalg.norm(np.array(face["embedding"])
+                                                            - ref["descriptors"][i])), 6),
+        "no_pyramid_l2_to_dlib": round(float(np.linalg.norm(e_plain - ref["descriptors"][i])), 6),
+        "chip_ms": round(sec * 1e3, 2)}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@
 #     models and C++ rANS need neither), plus what it imports at top level: scipy, einops,
 #     pytorch-msssim (--no-deps: its only dep is torch), pandas, matplotlib, torch-geometric
 #   - dlib-bin (dlib's own wheel), face-recognition-models (dlib's .dat model files), bm3d
+#   - ai-edge-litert (Google's TFLite interpreter: the reference for the face mesh,
+#     tests/landmarks/test_facemesh.py and benchmarks/landmarks.py --model facemesh)
 # Then it checks: MTCNN(keep_all=True).detect on a small image runs, and a CompressAI
 # hyperprior codes and decodes a small image after update().
 set -euo pipefail
@@ -67,6 +69,7 @@ done
 have dlib-bin || "${PIP[@]}" install dlib-bin
 have face-recognition-models || "${PIP[@]}" install face-recognition-models
 have bm3d || "${PIP[@]}" install bm3d
+have ai-edge-litert || "${PIP[@]}" install ai-edge-litert
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$HERE/torchvision_standin" > "$SITE/jaxvision_torchvision_standin.pth"

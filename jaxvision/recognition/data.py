@@ -17,7 +17,14 @@ Datasets (config.data.dataset):
                   pre-aligned face chips; every 10th identity (sorted by name) with at least
                   two images is held out for evaluation, the rest train. Identities with
                   fewer than K images are sampled with replacement.
-TFDS datasets with identity labels are not wired in yet (docs/recognition.md).
+  tfds:NAME[/config][:version]
+                  a TFDS dataset prepared as array_record in $TFDS_DATA_DIR (`tfds:lfw` once
+                  tfds has built lfw; no download here) with an Image feature ("image") and
+                  an identity feature "label" (a ClassLabel or a Text, e.g. lfw's person
+                  name), read through tfds' data_source (random access, no TensorFlow)
+                  from its "train" split; identities are grouped by label and held out as
+                  for a folder (every 10th, sorted by label). Images are taken whole (lfw's
+                  are 250x250 photos with the face in the middle, not aligned chips).
 
 Batches: {"input": float32 (P*K, S, S, 3) in [0, 255], "label": int32 (P*K,) 0..P-1 inside
 the batch (what the metric losses compare), "identity": int32 (P*K,) the identity's index
@@ -62,25 +69,78 @@ def _scan_identities(root: str) -> dict[str, list[str]]:
   return out
 
 
+class TfdsImage:
+  """One image of a TFDS identity dataset: picklable (the source reopens its files in each
+  process), loaded when a batch needs it."""
+
+  def __init__(self, source, index: int):
+    self.source, self.index = source, int(index)
+
+  def load(self) -> np.ndarray:
+    return self.source[self.index]["image"]
+
+
+def tfds_identities(dataset: str, data_dir: str | None = None) -> dict[str, list[TfdsImage]]:
+  """{label: [TfdsImage, ...]} of a prepared TFDS dataset's "train" split, grouped by its
+  "label" feature (one pass over the labels; images are not decoded)."""
+  import tensorflow_datasets as tfds
+
+  from jaxvision.core import data as core_data
+  name = dataset[len("tfds:"):]
+  if not name:
+    raise DataError("tfds: needs a dataset name, e.g. tfds:lfw")
+  source = core_data.get_source(name, "train", data_dir)
+  builder = tfds.builder_from_directory(source.builder_dir)
+  features = builder.info.features
+  label = features["label"] if "label" in features else None
+  if not isinstance(label, (tfds.features.ClassLabel, tfds.features.Text)):
+    raise DataError(f"{dataset}: no identity feature 'label' (a ClassLabel or Text); "
+                    f"features: {', '.join(features.keys())}")
+  skip = {k: tfds.decode.SkipDecoding() for k, f in features.items()
+          if isinstance(f, tfds.features.Image)}  # the labels are read, not the images
+  records = builder.as_data_source(split="train", decoders=skip)
+  out: dict[str, list[TfdsImage]] = {}
+  for i in range(len(records)):
+    v = records[i]["label"]
+    if isinstance(v, bytes):  # a Text label (lfw: the person's name)
+      key = v.decode("utf-8", "replace")
+    elif isinstance(label, tfds.features.ClassLabel):
+      key = label.int2str(int(v))
+    else:
+      key = str(v)
+    out.setdefault(key, []).append(TfdsImage(source, i))
+  if len(out) < 2:
+    raise DataError(f"{dataset}: {len(out)} identity label(s) in its train split; need at "
+                    "least 2")
+  return dict(sorted(out.items()))
+
+
+def _held_out(ids: dict[str, list], dataset: str, split: str) -> list[list]:
+  """Every 10th identity (in sorted order) with at least two images is held out (the last
+  such identity for a small set); `split` "train" gets the others."""
+  names = list(ids)
+  held = {n for k, n in enumerate(names) if k % 10 == 9 and len(ids[n]) >= 2}
+  if not held:
+    two = [n for n in names if len(ids[n]) >= 2]
+    held = {two[-1]} if two else set()
+  keep = [n for n in names if (n in held) == (split != "train")]
+  if not keep:
+    raise DataError(f"{dataset}: no identities for the {split} split")
+  return [ids[n] for n in keep]
+
+
 def identities(dataset: str, split: str) -> list[list]:
   """[[images or paths of one identity], ...] of `dataset`'s `split` ("train" or "test")."""
   if dataset == "lfw_subset":
     faces = lfw_subset_faces()
     chosen = faces[:80] if split == "train" else faces[80:]
     return [[f] for f in chosen]
+  if dataset.startswith("tfds:"):
+    return _held_out(tfds_identities(dataset), dataset, split)
   if dataset.startswith("folder:"):
-    ids = _scan_identities(dataset[len("folder:"):])
-    names = list(ids)
-    held = {n for k, n in enumerate(names) if k % 10 == 9 and len(ids[n]) >= 2}
-    if not held:  # a small folder: the last identity with two images
-      two = [n for n in names if len(ids[n]) >= 2]
-      held = {two[-1]} if two else set()
-    keep = [n for n in names if (n in held) == (split != "train")]
-    if not keep:
-      raise DataError(f"{dataset}: no identities for the {split} split")
-    return [ids[n] for n in keep]
-  raise DataError(f"unknown face dataset {dataset!r}; use lfw_subset or folder:/path "
-                  "(one subfolder per identity)")
+    return _held_out(_scan_identities(dataset[len("folder:"):]), dataset, split)
+  raise DataError(f"unknown face dataset {dataset!r}; use lfw_subset, folder:/path (one "
+                  "subfolder per identity) or tfds:NAME (a prepared TFDS dataset with 'label')")
 
 
 def _load(item, size: int) -> np.ndarray:
@@ -88,6 +148,8 @@ def _load(item, size: int) -> np.ndarray:
   if isinstance(item, str):
     from jaxvision.core.io import load_image_file
     return load_image_file(item).astype(np.float32)
+  if isinstance(item, TfdsImage):
+    return item.load().astype(np.float32)
   a = np.asarray(item, np.float32)
   a = a * 255.0 if a.max() <= 1.0 else a
   return np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a

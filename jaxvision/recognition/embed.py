@@ -4,11 +4,21 @@
     faces = emb.faces_in(image)                         # [{box, score, landmarks, embedding}]
     d = distance(faces[0]["embedding"], other)          # same person when d < emb.threshold
 
-Which chip a model gets (`MODEL_INFO`): dlib_resnet dlib's 150-px chip with padding 0.25
-(`align.DLIB_MTCNN_TEMPLATE` from MTCNN's landmarks); the FaceNet-style models
-davidsandberg/facenet's margin crop; the rest the same template scaled to their side. The
-face detector comes from the registry (`get_face_detector("mtcnn")`, registered by the
-faces family's commands), so this family never imports another.
+Which chip a model gets, by `align` ("dlib" or "mtcnn"):
+- "dlib" (the default for dlib_resnet when dlib's 5-point shape predictor is installed):
+  dlib's own pipeline, exactly: a face rectangle (the MTCNN box mapped to a dlib-detector
+  rectangle, or a dlib rectangle given as a face's "rect") -> the 5-point predictor
+  (`get_landmarker("dlib_ert_5")`, the landmarks family's service) -> its points rounded
+  to integers as dlib holds them -> `align.face_chip_details` (get_face_chip_details, at
+  the model's side, padding 0.25) -> `align.extract_chips` (extract_image_chips, with its
+  pyramid for large faces). dlib_resnet's descriptors are then those of
+  `compute_face_descriptor(img, shape)` (docs/recognition.md, measured).
+- "mtcnn": from MTCNN's five landmarks (`MODEL_INFO`): dlib_resnet dlib's 150-px chip with
+  padding 0.25 through `align.DLIB_MTCNN_TEMPLATE` (about 0.15-0.19 L2 from dlib's
+  descriptor of the same face); the FaceNet-style models davidsandberg/facenet's margin
+  crop; the rest the same template scaled to their side (their default).
+The face detector and the landmark predictor come from the registry (registered by the
+faces and landmarks families' commands), so this family never imports another.
 
 Embeddings run in batches of 1, 2, 4, ... 32 chips (a batch is padded up to the next of
 those), so a folder of photos compiles at most six programs per model.
@@ -16,6 +26,7 @@ those), so a folder of photos compiles at most six programs per model.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -40,6 +51,20 @@ MODEL_INFO = {
 # usual operating point (davidsandberg/facenet validate_on_lfw picks about 1.1-1.2).
 DEFAULT_INFO = (None, "template", 1.1, True)
 
+ALIGNS = ("dlib", "mtcnn")
+DLIB_5PT_FILE = "shape_predictor_5_face_landmarks.dat"
+DLIB_PADDING = 0.25  # dlib's default for compute_face_descriptor and get_face_chip
+
+
+def dlib_landmarks_available() -> bool:
+  """Whether `--align dlib` can run: the 5-point predictor registered (the landmarks
+  family's commands loaded) and its file in the installed face-recognition-models."""
+  from jaxvision.core.dlib_format import package_models_dir
+  from jaxvision.core.registry import list_landmarkers
+  d = package_models_dir()
+  return ("dlib_ert_5" in list_landmarkers() and d is not None
+          and os.path.isfile(os.path.join(d, DLIB_5PT_FILE)))
+
 
 def distance(a, b) -> float:
   return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
@@ -55,6 +80,9 @@ class Embedder:
   threshold: float
   detector: Any = None
   _apply: Any = None
+  align: str = "mtcnn"      # "dlib": dlib's 5-point pipeline; "mtcnn": from MTCNN's points
+  notice: str = ""          # a line for the user (e.g. why the default alignment fell back)
+  _landmarkers: dict = dataclasses.field(default_factory=dict)
 
   # ---------------------------------------------------------------- chips
   def chip_matrices(self, image_hw, faces) -> np.ndarray:
@@ -74,7 +102,39 @@ class Embedder:
     return np.asarray(mats).reshape(-1, 2, 3)
 
   def chips(self, image: np.ndarray, faces) -> np.ndarray:
+    """(n, size, size, 3) float32 chips of `faces` (detector faces, or {"rect": a dlib
+    rectangle} for the dlib alignment)."""
+    if self.align == "dlib":
+      return self.dlib_chips(image, self.dlib_points(image, faces))
     return align.warp(image, self.chip_matrices(image.shape[:2], faces), self.size)
+
+  def dlib_chips(self, image: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """dlib's chips (float32 of its uint8 values) of the 5-point shapes `parts`, all faces
+    of the image in one extract_image_chips as dlib's batch calls do."""
+    details = [align.face_chip_details(p, self.size, DLIB_PADDING) for p in parts]
+    return align.extract_chips(image, details).astype(np.float32)
+
+  def dlib_points(self, image: np.ndarray, faces) -> np.ndarray:
+    """(n, 5, 2) dlib 5-point shapes, rounded to integers as dlib's are, of faces with a
+    "rect" (dlib rectangle, left top right bottom) or a detector's "box" (MTCNN's)."""
+    out = np.zeros((len(faces), 5, 2))
+    for kind, key in (("dlib", "rect"), ("mtcnn", "box")):
+      idx = [i for i, f in enumerate(faces) if key in f and (key == "rect" or "rect" not in f)]
+      if idx:
+        out[idx] = self.landmarker(kind)(image, [faces[i][key] for i in idx])
+    return np.floor(out + 0.5)
+
+  def landmarker(self, box_kind: str):
+    if box_kind not in self._landmarkers:
+      from jaxvision.core.registry import get_landmarker
+      try:
+        self._landmarkers[box_kind] = get_landmarker("dlib_ert_5", box_kind=box_kind)
+      except ValueError as e:
+        if isinstance(e, UserError):
+          raise
+        raise UserError(f"--align dlib: {e}; the landmarks family's commands register it "
+                        "(jaxvision.families.load('commands'))") from None
+    return self._landmarkers[box_kind]
 
   def aligned_chip(self, image: np.ndarray) -> np.ndarray:
     """A pre-aligned chip of any size, resized (bilinear, pixel areas) to the model's side."""
@@ -113,9 +173,15 @@ class Embedder:
       faces = next(iter(self.face_detector().detect_each([image])))
     if not faces:
       return []
-    emb = self.embed_chips(self.chips(image, faces))
-    return [{**{k: f[k] for k in ("box", "score", "landmarks") if k in f},
-             "embedding": [round(float(x), 6) for x in e]} for f, e in zip(faces, emb)]
+    parts = self.dlib_points(image, faces) if self.align == "dlib" else None
+    chips = self.chips(image, faces) if parts is None else self.dlib_chips(image, parts)
+    emb = self.embed_chips(chips)
+    out = [{**{k: f[k] for k in ("box", "rect", "score", "landmarks") if k in f},
+            "embedding": [round(float(x), 6) for x in e]} for f, e in zip(faces, emb)]
+    if parts is not None:  # the 5 points the chip was cut from (dlib's integers)
+      for o, p in zip(out, parts):
+        o["dlib_points"] = p.astype(int).tolist()
+    return out
 
   def face_detector(self):
     if self.detector is None:
@@ -128,9 +194,15 @@ class Embedder:
     return self.detector
 
 
-def load_embedder(model: str | None = None, checkpoint: str | None = None) -> Embedder:
+def load_embedder(model: str | None = None, checkpoint: str | None = None,
+                  align_with: str | None = None) -> Embedder:
   """The embedder of a workdir (`checkpoint`, task face_embedding) or of a model with
-  released weights converted on the fly (dlib_resnet from face-recognition-models)."""
+  released weights converted on the fly (dlib_resnet from face-recognition-models).
+
+  `align_with`: "dlib" (dlib's 5-point pipeline at the model's side), "mtcnn" (the
+  model's chips from MTCNN's landmarks) or None: "dlib" for dlib_resnet when the 5-point
+  predictor is available (else "mtcnn", saying so in `notice`), "mtcnn" for the others
+  (they were trained on those chips)."""
   from jaxvision.core.registry import create_model
   if checkpoint:
     from jaxvision.core.checkpoint import load_model
@@ -153,4 +225,23 @@ def load_embedder(model: str | None = None, checkpoint: str | None = None) -> Em
     from jaxvision.recognition.convert import dlib_resnet_variables
     net, variables = create_model(name), dlib_resnet_variables()
     size, how, thr, _ = MODEL_INFO[name]
-  return Embedder(name, net, variables, size, how, thr)
+  notice = ""
+  if align_with is None:
+    align_with = "mtcnn"
+    if how == "dlib":
+      if dlib_landmarks_available():
+        align_with = "dlib"
+      else:
+        notice = (f"note: {DLIB_5PT_FILE} not found (pip install 'jaxvision[dlib]'): faces "
+                  "aligned from MTCNN's landmarks (--align mtcnn), about 0.15-0.19 L2 from "
+                  "dlib's own descriptors")
+  elif align_with not in ALIGNS:
+    raise UserError(f"--align {align_with}: one of {', '.join(ALIGNS)}")
+  elif align_with == "dlib" and not dlib_landmarks_available():
+    from jaxvision.core.registry import list_landmarkers
+    raise UserError(f"--align dlib: {DLIB_5PT_FILE} not found: pip install 'jaxvision[dlib]'"
+                    if "dlib_ert_5" in list_landmarkers() else
+                    "--align dlib: no dlib_ert_5 landmark predictor is registered (the "
+                    "landmarks family's commands register it: jaxvision.families.load"
+                    "('commands'))")
+  return Embedder(name, net, variables, size, how, thr, align=align_with, notice=notice)

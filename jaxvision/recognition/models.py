@@ -14,10 +14,16 @@
                 96x96, 128-D L2-normalised, 3,733,968 parameters as its .def.lua says
 
 Every model takes NHWC float pixels in [0, 255] (RGB) and returns (N, D) embeddings.
+
+Compute dtype: every model has `dtype` (None, the default: float32 as always; "bfloat16"
+on GPU/TPU) for its convolutions, locally connected and dense layers, and `param_dtype`
+(float32) for their parameters. Batch norm statistics are float32 (flax computes them in
+float32 for bf16 inputs), the cross-map LRN is computed in float32, and the embedding is
+cast to float32 before the L2 normalisation (`finish`), so every model returns float32.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,7 +49,7 @@ class Affine(nn.Module):
     c = x.shape[-1]
     gamma = self.param("scale", nn.initializers.ones, (c,))
     beta = self.param("bias", nn.initializers.zeros, (c,))
-    return x * gamma + beta
+    return x * gamma.astype(x.dtype) + beta.astype(x.dtype)  # no-op casts for float32 x
 
 
 def add_prev(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -70,14 +76,18 @@ class DlibResidual(nn.Module):
   padding; then ReLU."""
   features: int
   down: bool
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     s = 2 if self.down else 1
     p = 0 if self.down else 1
-    y = nn.Conv(self.features, (3, 3), (s, s), padding=((p, p), (p, p)), name="conv1")(x)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.Conv(self.features, (3, 3), (s, s), padding=((p, p), (p, p)), name="conv1",
+                **dt)(x)
     y = nn.relu(Affine(name="affine1")(y))
-    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **dt)(y)
     y = Affine(name="affine2")(y)
     if self.down:
       x = nn.avg_pool(x, (2, 2), (2, 2), padding="VALID")
@@ -110,23 +120,29 @@ class DlibResNet(nn.Module):
   stem_features: int = 32
   normalize: bool = False
   num_classes: int = 0
+  dtype: Any = None         # compute dtype (see the module docstring); None: float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # affine layers only: the same at training and test time
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = (x - jnp.asarray(self.mean, x.dtype)) / 256.0
-    x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding="VALID", name="stem_conv")(x)
+    x = nn.Conv(self.stem_features, (7, 7), (2, 2), padding="VALID", name="stem_conv",
+                **dt)(x)
     x = nn.relu(Affine(name="stem_affine")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
     for i, (f, down) in enumerate(self.units):
-      x = DlibResidual(f, down, name=f"unit{i}")(x)
+      x = DlibResidual(f, down, name=f"unit{i}", **dt)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return finish(self, nn.Dense(self.embed_dim, use_bias=False, name="fc")(x))
+    return finish(self, nn.Dense(self.embed_dim, use_bias=False, name="fc", **dt)(x))
 
 
 def finish(module: nn.Module, e: jnp.ndarray) -> jnp.ndarray:
   """The embedding's last steps shared by every model: the optional class head's parameters
-  (created, not used: XLA drops the unused logits) and the optional L2 normalisation."""
+  (created, not used: XLA drops the unused logits) and the optional L2 normalisation, in
+  float32 whatever the compute dtype (a no-op cast for float32 models)."""
+  e = e.astype(jnp.float32)
   if getattr(module, "num_classes", 0):
     ClassHead(module.num_classes, name="head")(e)
   if getattr(module, "normalize", False):
@@ -155,6 +171,7 @@ class LocallyConnected(nn.Module):
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
+  param_dtype: Any = jnp.float32  # computes in its input's dtype
 
   @nn.compact
   def __call__(self, x):
@@ -163,8 +180,8 @@ class LocallyConnected(nn.Module):
     h, w, c = x.shape[1:]
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     init = nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=2, out_axis=3)
-    kernel = self.param("kernel", init, (oh, ow, c * kh * kw, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (oh, ow, self.features))
+    kernel = self.param("kernel", init, (oh, ow, c * kh * kw, self.features), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (oh, ow, self.features), self.param_dtype)
     y = jax.lax.conv_general_dilated_local(
         x, kernel.astype(x.dtype), (sh, sw), "VALID", (kh, kw),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -184,19 +201,22 @@ class DeepFace(nn.Module):
   dropout: float = 0.5
   normalize: bool = True
   num_classes: int = 0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x / 255.0
     w = self.widths
-    x = nn.relu(nn.Conv(w[0], (11, 11), padding="VALID", name="c1")(x))
+    dt, pdt = dict(dtype=self.dtype, param_dtype=self.param_dtype), self.param_dtype
+    x = nn.relu(nn.Conv(w[0], (11, 11), padding="VALID", name="c1", **dt)(x))
     pad = [(0, 0), (0, (x.shape[1] - 3) % 2), (0, (x.shape[2] - 3) % 2), (0, 0)]
     x = nn.max_pool(jnp.pad(x, pad, constant_values=-jnp.inf), (3, 3), (2, 2), "VALID")
-    x = nn.relu(nn.Conv(w[1], (9, 9), padding="VALID", name="c3")(x))
-    x = nn.relu(LocallyConnected(w[2], (9, 9), name="l4")(x))
-    x = nn.relu(LocallyConnected(w[3], (7, 7), (2, 2), name="l5")(x))
-    x = nn.relu(LocallyConnected(w[4], (5, 5), name="l6")(x))
-    x = nn.relu(nn.Dense(self.embed_dim, name="f7")(x.reshape(x.shape[0], -1)))
+    x = nn.relu(nn.Conv(w[1], (9, 9), padding="VALID", name="c3", **dt)(x))
+    x = nn.relu(LocallyConnected(w[2], (9, 9), param_dtype=pdt, name="l4")(x))
+    x = nn.relu(LocallyConnected(w[3], (7, 7), (2, 2), param_dtype=pdt, name="l5")(x))
+    x = nn.relu(LocallyConnected(w[4], (5, 5), param_dtype=pdt, name="l6")(x))
+    x = nn.relu(nn.Dense(self.embed_dim, name="f7", **dt)(x.reshape(x.shape[0], -1)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return finish(self, x)
 
@@ -213,20 +233,24 @@ class DeepID(nn.Module):
   widths: tuple[int, int, int, int] = (20, 40, 60, 80)
   normalize: bool = False
   num_classes: int = 0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
     x = x / 255.0
     w = self.widths
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pool = lambda t: nn.max_pool(t, (2, 2), (2, 2), "VALID")
-    x = pool(nn.relu(nn.Conv(w[0], (4, 4), padding="VALID", name="conv1")(x)))
-    x = pool(nn.relu(nn.Conv(w[1], (3, 3), padding="VALID", name="conv2")(x)))
-    p3 = pool(nn.relu(nn.Conv(w[2], (3, 3), padding="VALID", name="conv3")(x)))
-    c4 = nn.relu(LocallyConnected(w[3], (2, 2), name="conv4")(p3))
+    x = pool(nn.relu(nn.Conv(w[0], (4, 4), padding="VALID", name="conv1", **dt)(x)))
+    x = pool(nn.relu(nn.Conv(w[1], (3, 3), padding="VALID", name="conv2", **dt)(x)))
+    p3 = pool(nn.relu(nn.Conv(w[2], (3, 3), padding="VALID", name="conv3", **dt)(x)))
+    c4 = nn.relu(LocallyConnected(w[3], (2, 2), param_dtype=self.param_dtype,
+                                  name="conv4")(p3))
     flat = lambda t: t.reshape(t.shape[0], -1)
-    e = nn.Dense(self.embed_dim, name="from_pool3")(flat(p3)) + nn.Dense(
-        self.embed_dim, use_bias=False, name="from_conv4")(flat(c4))
+    e = nn.Dense(self.embed_dim, name="from_pool3", **dt)(flat(p3)) + nn.Dense(
+        self.embed_dim, use_bias=False, name="from_conv4", **dt)(flat(c4))
     return finish(self, nn.relu(e))
 
 
@@ -255,13 +279,16 @@ class ConvBN(nn.Module):
   strides: int = 1
   padding: str = "SAME"
   relu: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.Conv(self.features, self.kernel, (self.strides,) * 2, padding=self.padding,
-                use_bias=False, name="conv")(x)
+                use_bias=False, name="conv", **dt)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.995, epsilon=1e-3,
-                     use_scale=False, name="bn")(x)
+                     use_scale=False, name="bn", **dt)(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -272,11 +299,14 @@ class InceptionResidual(nn.Module):
   kind: str
   scale: float
   relu: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     c = x.shape[-1]
-    cb = lambda f, k, name: ConvBN(f, k, name=name)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    cb = lambda f, k, name: ConvBN(f, k, name=name, **dt)
     if self.kind == "35":
       b0 = cb(32, (1, 1), "b0")(x, train)
       b1 = cb(32, (3, 3), "b1_1")(cb(32, (1, 1), "b1_0")(x, train), train)
@@ -293,7 +323,7 @@ class InceptionResidual(nn.Module):
       b1 = cb(192, (1, 3), "b1_1")(cb(192, (1, 1), "b1_0")(x, train), train)
       b1 = cb(192, (3, 1), "b1_2")(b1, train)
       mixed = jnp.concatenate([b0, b1], -1)
-    x = x + self.scale * nn.Conv(c, (1, 1), name="up")(mixed)
+    x = x + self.scale * nn.Conv(c, (1, 1), name="up", **dt)(mixed)
     return nn.relu(x) if self.relu else x
 
 
@@ -308,11 +338,14 @@ class InceptionResNetV1(nn.Module):
   normalize: bool = True
   num_classes: int = 0
   repeats: tuple[int, int, int] = (5, 10, 5)
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = (x - 127.5) / 128.0
-    cb = lambda f, k, name, s=1, p="SAME": ConvBN(f, k, s, p, name=name)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    cb = lambda f, k, name, s=1, p="SAME": ConvBN(f, k, s, p, name=name, **dt)
     x = cb(32, (3, 3), "conv1a", 2, "VALID")(x, train)
     x = cb(32, (3, 3), "conv2a", 1, "VALID")(x, train)
     x = cb(64, (3, 3), "conv2b")(x, train)
@@ -321,14 +354,14 @@ class InceptionResNetV1(nn.Module):
     x = cb(192, (3, 3), "conv4a", 1, "VALID")(x, train)
     x = cb(256, (3, 3), "conv4b", 2, "VALID")(x, train)
     for i in range(self.repeats[0]):
-      x = InceptionResidual("35", 0.17, name=f"block35_{i}")(x, train)
+      x = InceptionResidual("35", 0.17, name=f"block35_{i}", **dt)(x, train)
     # reduction A (k, l, m, n) = (192, 192, 256, 384)
     r0 = cb(384, (3, 3), "ra_b0", 2, "VALID")(x, train)
     r1 = cb(192, (3, 3), "ra_b1_1")(cb(192, (1, 1), "ra_b1_0")(x, train), train)
     r1 = cb(256, (3, 3), "ra_b1_2", 2, "VALID")(r1, train)
     x = jnp.concatenate([r0, r1, nn.max_pool(x, (3, 3), (2, 2), "VALID")], -1)
     for i in range(self.repeats[1]):
-      x = InceptionResidual("17", 0.10, name=f"block17_{i}")(x, train)
+      x = InceptionResidual("17", 0.10, name=f"block17_{i}", **dt)(x, train)
     # reduction B
     r0 = cb(384, (3, 3), "rb_b0_1", 2, "VALID")(cb(256, (1, 1), "rb_b0_0")(x, train), train)
     r1 = cb(256, (3, 3), "rb_b1_1", 2, "VALID")(cb(256, (1, 1), "rb_b1_0")(x, train), train)
@@ -336,13 +369,13 @@ class InceptionResNetV1(nn.Module):
     r2 = cb(256, (3, 3), "rb_b2_2", 2, "VALID")(r2, train)
     x = jnp.concatenate([r0, r1, r2, nn.max_pool(x, (3, 3), (2, 2), "VALID")], -1)
     for i in range(self.repeats[2]):
-      x = InceptionResidual("8", 0.20, name=f"block8_{i}")(x, train)
-    x = InceptionResidual("8", 1.0, relu=False, name=f"block8_{self.repeats[2]}")(x, train)
+      x = InceptionResidual("8", 0.20, name=f"block8_{i}", **dt)(x, train)
+    x = InceptionResidual("8", 1.0, relu=False, name=f"block8_{self.repeats[2]}", **dt)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.embed_dim, use_bias=False, name="bottleneck")(x)
+    x = nn.Dense(self.embed_dim, use_bias=False, name="bottleneck", **dt)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.995, epsilon=1e-3,
-                     use_scale=False, name="bottleneck_bn")(x)
+                     use_scale=False, name="bottleneck_bn", **dt)(x)
     return finish(self, x)
 
 
@@ -357,10 +390,12 @@ def facenet_inception_resnet_v1(**kwargs) -> InceptionResNetV1:
 # ---------------------------------------------------------------- OpenFace nn4.small2
 def cross_map_lrn(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
   """Torch's SpatialCrossMapLRN: x / (k + alpha / size * sum of x^2 over `size` channels
-  centred on each channel) ^ beta (zero beyond the first and last channel)."""
+  centred on each channel) ^ beta (zero beyond the first and last channel). In float32,
+  returned in x's dtype (no-op casts for float32 x)."""
+  dtype, x = x.dtype, x.astype(jnp.float32)
   sq = jnp.pad(x * x, [(0, 0)] * 3 + [(size // 2, (size - 1) // 2)])
   window = sum(sq[..., i:i + x.shape[-1]] for i in range(size))
-  return x / (k + alpha / size * window) ** beta
+  return (x / (k + alpha / size * window) ** beta).astype(dtype)
 
 
 def lp_pool(x, strides: int):
@@ -375,13 +410,17 @@ class TorchConvBN(nn.Module):
   features: int
   kernel: int
   strides: int = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     p = self.kernel // 2
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides,) * 2,
-                padding=((p, p), (p, p)), name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+                padding=((p, p), (p, p)), name="conv", **dt)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn",
+                     **dt)(x)
     return nn.relu(x)
 
 
@@ -397,23 +436,26 @@ class OpenFaceInception(nn.Module):
   one_by_one: int | None
   strides: int
   pool: str  # "max" | "l2"
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     outs = []
     for i, (k, o, r) in enumerate(zip(self.kernels, self.outputs, self.reduces)):
-      y = TorchConvBN(r, 1, name=f"reduce{k}")(x, train)
-      outs.append(TorchConvBN(o, k, self.strides, name=f"conv{k}")(y, train))
+      y = TorchConvBN(r, 1, name=f"reduce{k}", **dt)(x, train)
+      outs.append(TorchConvBN(o, k, self.strides, name=f"conv{k}", **dt)(y, train))
     s = self.strides
     if self.pool == "max":
       y = nn.max_pool(x, (3, 3), (s, s), ((1, 1), (1, 1)))
     else:
       y = lp_pool(x, s)
     if self.pool_proj:
-      y = TorchConvBN(self.pool_proj, 1, name="pool_proj")(y, train)
+      y = TorchConvBN(self.pool_proj, 1, name="pool_proj", **dt)(y, train)
     outs.append(y)
     if self.one_by_one:
-      outs.append(TorchConvBN(self.one_by_one, 1, name="conv1")(x, train))
+      outs.append(TorchConvBN(self.one_by_one, 1, name="conv1", **dt)(x, train))
     return jnp.concatenate(outs, -1)
 
 
@@ -437,19 +479,22 @@ class OpenFaceNN4Small2(nn.Module):
   embed_dim: int = 128
   normalize: bool = True
   num_classes: int = 0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = x / 255.0
-    x = TorchConvBN(64, 7, 2, name="conv1")(x, train)
+    x = TorchConvBN(64, 7, 2, name="conv1", **dt)(x, train)
     x = cross_map_lrn(nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))))
-    x = TorchConvBN(64, 1, name="conv2")(x, train)
-    x = TorchConvBN(192, 3, name="conv3")(x, train)
+    x = TorchConvBN(64, 1, name="conv2", **dt)(x, train)
+    x = TorchConvBN(192, 3, name="conv3", **dt)(x, train)
     x = nn.max_pool(cross_map_lrn(x), (3, 3), (2, 2), ((1, 1), (1, 1)))
     for name, (k, o, r, pp, one, s, pool) in NN4_SMALL2.items():
-      x = OpenFaceInception(k, o, r, pp, one, s, pool, name=f"inception_{name}")(x, train)
+      x = OpenFaceInception(k, o, r, pp, one, s, pool, name=f"inception_{name}", **dt)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return finish(self, nn.Dense(self.embed_dim, name="linear")(x))
+    return finish(self, nn.Dense(self.embed_dim, name="linear", **dt)(x))
 
 
 @register_model("openface_nn4_small2")

@@ -128,3 +128,111 @@ def test_mtcnn_template_chips_match_dlib_chips(dlib_ref):
   print(f"MTCNN-template chips vs dlib's: descriptor L2 max {max(dists):.3f} "
         f"mean {np.mean(dists):.3f}; chip mean |diff| {np.mean(chip_diffs):.1f} grey levels")
   assert max(dists) < 0.3
+
+
+def test_pyramid_down_filters_and_samples_as_dlib_says():
+  """dlib's pyramid_down<2>: (H-3)//2 x (W-3)//2 pixels; a [1 4 6 4 1] x [1 4 6 4 1] / 256
+  filter keeps a constant and a linear ramp (output pixel (r, c) holds the input's value at
+  (2r+2, 2c+2)); images of 8 px or less on a side give an empty level."""
+  h, w = 41, 30
+  yy, xx = np.mgrid[0:h, 0:w]
+  img = np.stack([2 * xx, 3 * yy, np.full_like(xx, 77)], -1).astype(np.uint8)
+  down = A.pyramid_down(img)
+  assert down.shape == ((h - 3) // 2, (w - 3) // 2, 3) and down.dtype == np.uint8
+  r, c = np.mgrid[0:down.shape[0], 0:down.shape[1]]
+  np.testing.assert_array_equal(down[..., 0], 2 * (2 * c + 2))
+  np.testing.assert_array_equal(down[..., 1], 3 * (2 * r + 2))
+  assert (down[..., 2] == 77).all()
+  assert A.pyramid_down(img[:8]).size == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(-0.5, 0.5), st.floats(60, 600), st.integers(0, 1000))
+def test_chip_details_and_pyramid_depth(angle, side, seed):
+  """face_chip_details puts dlib's padded mean face onto points that are that face moved
+  by a similarity (angle, scale and centre recovered; the rectangle's side is size * scale,
+  dlib's centered_drect), and the pyramid depth is the number of halvings (rect_down) after
+  which the rectangle still has more pixels than the chip: none up to a side of 299."""
+  size, pad = 150, 0.25
+  rng = np.random.default_rng(seed)
+  scale = side / size
+  chip_pts = (pad + A.DLIB_5PT) / (2 * pad + 1) * size
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  centre = rng.uniform(200, 800, 2)
+  parts = (chip_pts - size / 2) @ (scale * rot).T + centre
+  d = A.face_chip_details(parts, size, pad)
+  assert d.angle == pytest.approx(angle, abs=1e-9)
+  l, t, r, b = d.rect
+  np.testing.assert_allclose([(l + r) / 2, (t + b) / 2], centre, atol=1e-7)
+  assert r - l + 1 == pytest.approx(side, abs=1e-7)
+  n, rect = 0, A._rect_down(d.rect)
+  while A._rect_area(rect) > size * size:
+    n, rect = n + 1, A._rect_down(rect)
+  assert A.pyramid_levels(d) == n
+  assert (n == 0) == (side <= 299)
+
+
+def test_extract_chips_without_pyramid_is_the_plain_warp():
+  """Faces whose chip rectangle is under twice the chip side need no pyramid: the chip is
+  the bilinear warp of dlib_chip_matrix (dlib's mapping from the chip's corners)."""
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (240, 260, 3), np.uint8)
+  parts = (0.25 + A.DLIB_5PT) / 1.5 * 150 * 1.2 + [40, 30]
+  d = A.face_chip_details(parts)
+  assert A.pyramid_levels(d) == 0
+  np.testing.assert_array_equal(
+      A.extract_chips(img, [d])[0],
+      A.warp(img, A.dlib_chip_matrix(parts)[None], 150, as_uint8=True)[0])
+
+
+@pytest.mark.parity
+def test_dlib_pipeline_reproduces_dlib(dlib_pipeline):
+  """dlib's pipeline, end to end, on real faces (three of them large enough for dlib's
+  image pyramid: one and two halvings): our chips from dlib's 5 points equal
+  dlib.get_face_chip's (at most 1 grey level apart, float rounding at dlib's truncation,
+  >= 99.5% of pixels equal), all faces of a photo at once equal get_face_chips'; from the
+  image and dlib's face rectangle alone (our 5-point predictor through the registry, our
+  chip, our dlib_resnet), the descriptor is within 0.01 L2 of
+  face_recognition_model_v1.compute_face_descriptor(img, shape)."""
+  from jaxvision import families
+  from jaxvision.recognition import embed
+  families.load("commands")
+  ref = dlib_pipeline
+  photo = lambda i: ref[f"photo_{ref['photo'][i]}"]
+  depths = [A.pyramid_levels(A.face_chip_details(p)) for p in ref["parts"]]
+  assert {1, 2} <= set(depths) and len(depths) >= 12
+  same = total = 0
+  old = {}
+  for i, chip in enumerate(ref["chips"]):
+    ours = A.extract_chips(photo(i), [A.face_chip_details(ref["parts"][i])])[0]
+    diff = np.abs(ours.astype(int) - chip.astype(int))
+    assert diff.max() <= 1, (i, depths[i])
+    same, total = same + (diff == 0).sum(), total + diff.size
+    if depths[i]:  # what the warp without dlib's pyramid gives (for the record)
+      plain = A.warp(photo(i), A.dlib_chip_matrix(ref["parts"][i])[None], 150, as_uint8=True)
+      old[i] = float(np.abs(plain[0].astype(int) - chip.astype(int)).mean())
+  assert same / total >= 0.995
+  for p in np.unique(ref["multi_photo"]):
+    idx = np.flatnonzero(ref["photo"] == p)
+    ours = A.extract_chips(ref[f"photo_{p}"], [A.face_chip_details(ref["parts"][i])
+                                                for i in idx])
+    diff = np.abs(ours.astype(int) - ref["multi_chips"][ref["multi_photo"] == p].astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.995
+
+  emb = embed.load_embedder("dlib_resnet", align_with="dlib")
+  dists, off = [], []
+  # the astronaut, her mirror image and the large turned one (not every photo: each image
+  # shape compiles the predictor once more)
+  e2e = np.flatnonzero(np.isin(ref["photo"], [0, 1, 3]))
+  assert max(depths[i] for i in e2e) == 1
+  for i in e2e:
+    rect = ref["rects"][i]
+    face = emb.faces_in(photo(i), [{"rect": rect.tolist()}])[0]
+    off.append(np.abs(np.array(face["dlib_points"]) - ref["parts"][i]).max())
+    dists.append(np.linalg.norm(np.array(face["embedding"]) - ref["descriptors"][i]))
+  print(f"chips: {same / total:.4%} of pixels equal; without the pyramid the large faces' "
+        f"chips differ by {', '.join(f'{v:.2f}' for v in old.values())} grey levels on "
+        f"average; end-to-end descriptor L2 max {max(dists):.5f} mean {np.mean(dists):.5f}; "
+        f"5 points max {max(off)} px off")
+  assert max(off) <= 1
+  assert max(dists) < 0.01

@@ -134,3 +134,29 @@ def test_eval_faces_on_a_constructed_lfw_folder(tmp_path, capsys):
   assert m["accuracy"] == 1.0 and m["auc"] == 1.0 and m["folds"] == 2
   assert m["skipped_pairs"] == 1 and m["skipped_images"] == 1
   assert "accuracy 1.0000" in capsys.readouterr().out
+
+
+@needs_file
+def test_alignment_default_and_the_landmarker_service(monkeypatch):
+  """The landmarks family offers its 5- and 68-point predictors through the registry (an
+  unknown name is refused with the registered ones); dlib_resnet aligns with dlib's
+  5-point pipeline by default when it is available and otherwise falls back to MTCNN's
+  landmarks with a one-line notice; --align mtcnn is taken as asked, without a notice."""
+  from jaxvision import families
+  from jaxvision.core.errors import UserError
+  from jaxvision.core.registry import get_landmarker, list_landmarkers
+  from jaxvision.recognition import embed
+  families.load("commands")
+  assert {"dlib_ert_5", "dlib_ert_68"} <= set(list_landmarkers())
+  with pytest.raises(ValueError, match="unknown landmark predictor 'dlib_ert_6'.*dlib_ert_5"):
+    get_landmarker("dlib_ert_6")
+  monkeypatch.setattr(embed, "dlib_landmarks_available", lambda: True)
+  emb = embed.load_embedder("dlib_resnet")
+  assert (emb.align, emb.notice) == ("dlib", "")
+  assert embed.load_embedder("dlib_resnet", align_with="mtcnn").align == "mtcnn"
+  monkeypatch.setattr(embed, "dlib_landmarks_available", lambda: False)
+  emb = embed.load_embedder("dlib_resnet")
+  assert emb.align == "mtcnn" and embed.DLIB_5PT_FILE in emb.notice
+  assert len(emb.notice.splitlines()) == 1
+  with pytest.raises(UserError, match="--align dlib"):
+    embed.load_embedder("dlib_resnet", align_with="dlib")

@@ -5,12 +5,14 @@
   .venv/bin/python benchmarks/denoise.py --table --checkpoint runs/dncnn_n2n_g25 \
       --noise gaussian:25 [--dataset folder:/my/photos]
 
-Speed: each model (dncnn and n2n_unet at their paper sizes, hdrnet with the paper's 256
-low-res input and 16x16x8 grid, can24) with random weights, jit-compiled, timed over
+Speed: each model (dncnn, n2n_unet and sid_unet at their paper sizes (sid_unet per
+megapixel of its sRGB output, from the packed raw of half the side), hdrnet with the
+paper's 256 low-res input and 16x16x8 grid, can24) with random weights, jit-compiled, timed over
 `--repeats` runs after compilation on a `--size` square image -> ms per megapixel; then
 HDRNet and CAN24 at `--hd` (1920x1080: the paper's real-time claim, the issue's 5x target).
-The classical denoisers (scikit-image's NL-means, TV; BM3D from the dev-only peer venv in a
-subprocess) on a `--classic-size` square photo crop. Prints markdown tables; timings on a
+The classical denoisers (scikit-image's NL-means, TV, the numpy BayesShrink wavelet
+denoiser of jaxvision.denoise.wavelet; BM3D from the dev-only peer venv in a subprocess)
+on a `--classic-size` square photo crop. Prints markdown tables; timings on a
 shared or loaded machine are not final.
 
 Table (--table): `jaxvision.denoise.eval.evaluate_source` with each --checkpoint, the
@@ -40,15 +42,20 @@ from jaxvision.denoise.eval import BASELINES, available_baselines, estimate_sigm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, ".venv-peers", "bin", "python")
-MODELS = {"dncnn": {}, "n2n_unet": {}, "hdrnet": {}, "can24": {}}
+MODELS = {"dncnn": {}, "n2n_unet": {}, "sid_unet": {}, "hdrnet": {}, "can24": {}}
 QUICK = {"dncnn": {"depth": 5, "features": 16}, "n2n_unet": {"features": 16},
-         "hdrnet": {"lowres": 64, "n_splat": 2}, "can24": {"depth": 5}}
+         "sid_unet": {"features": 8}, "hdrnet": {"lowres": 64, "n_splat": 2},
+         "can24": {"depth": 5}}
+# sid_unet reads packed Bayer planes at half the output's resolution
+IN_SHAPE = {"sid_unet": lambda h, w: (1, h // 2, w // 2, 4)}
 
 
 def time_model(name: str, kwargs: dict, h: int, w: int, repeats: int) -> float:
-  """Median ms per megapixel of one forward pass on an h x w image (after compilation)."""
+  """Median ms per megapixel of one forward pass on an h x w image (after compilation);
+  megapixels of the output image (sid_unet: its h x w sRGB output from h/2 x w/2 x 4 raw)."""
   m = create_model(name, **kwargs)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (1, h, w, 3))
+  shape = IN_SHAPE.get(name, lambda h, w: (1, h, w, 3))(h, w)
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape)
   v = jax.jit(m.init)(jax.random.PRNGKey(1), x[:, :64, :64])
   fn = jax.jit(lambda v, x: m.apply(v, x, train=False))
   fn(v, x).block_until_ready()

@@ -107,8 +107,8 @@ def denoise_eval_command(args) -> None:
                     f"{', '.join(BASELINES)}")
   for b in names:
     if missing_package(b):
-      raise UserError(f"--baselines: {b} needs the Python package {missing_package(b)} "
-                      "(pip install PyWavelets)")
+      raise UserError(f"--baselines: {b} needs the Python module {missing_package(b)}, "
+                      "which is not installed")
   skipped = [b for b in BASELINES if args.baselines == "all" and b not in names]
   methods = {}
   for wd in args.checkpoint or []:
@@ -165,7 +165,7 @@ def add(sub) -> None:
                  "... (default: the first checkpoint's eval noise)")
   p.add_argument("--baselines", default="all",
                  help="all (those installed), none, or a comma list of nl_means, wavelet "
-                 "(needs PyWavelets), tv_chambolle")
+                 "(BayesShrink, db2), tv_chambolle")
   p.add_argument("--dataset", default="photos",
                  help="photos, folder:/path (clean images), or a TFDS name")
   p.add_argument("--split", default="test")

@@ -5,12 +5,14 @@
       the train step with the step's key: a fresh draw every step, and for target=noisy
       (Noise2Noise) a second, independent draw as the target.
   config.data.dataset = "pairs:/path/noisy,/path/clean"
-      real noise: the same file names in two folders (SIDD-style pairs exported as images);
+      real noise: the same file names in two folders (SIDD-style pairs exported as images;
+      the extension may differ; a file without its partner is an error naming it);
       noisy crops are the input, the clean crops at the same place the target. Split
       "train" is every pair except each 10th (sorted by name), split "test" is each 10th,
       split "all" is all of them.
 
   PairedFolder(noisy, clean, split)   a picklable random-access source of such pairs
+  BayerShape()                        post_fn of the `sid` task: "input" = packed RGGB planes
   ProgressLoader(loader, total_steps) the train loader with batch["progress"] = step / total
                                       (the annealed L0 loss needs where training is)
   make_data(config)                   the `denoise` task's (train loader, eval batches)
@@ -50,6 +52,13 @@ class PairedFolder:
     if not common:
       raise DataError(f"pairs:{self.noisy_dir},{self.clean_dir}: no file names in common "
                       f"({len(noisy)} noisy, {len(clean)} clean images)")
+    for names, folder, other in ((noisy, self.noisy_dir, "clean"),
+                                 (clean, self.clean_dir, "noisy")):
+      alone = sorted(set(names) - set(common))
+      if alone:  # a missing partner is a mistake in the data: say which, train nothing
+        shown = ", ".join(names[a] for a in alone[:3]) + (", ..." if len(alone) > 3 else "")
+        raise DataError(f"{os.path.join(folder, names[alone[0]])}: no {other} image of the "
+                        f"same name ({len(alone)} unmatched in {folder}: {shown})")
     if split == "train":
       common = [c for i, c in enumerate(common) if i % 10 != 9] or common
     elif split == "test":
@@ -110,6 +119,25 @@ class NoisyCleanRecord:
     return "NoisyCleanRecord()"
 
 
+class BayerShape:
+  """post_fn of the `sid` task: "input" becomes the packed RGGB planes (H/2, W/2, 4) of the
+  clean sRGB crop, the shape `sid_unet` reads (the trainer initialises the model from
+  batch["input"]). The train step replaces it with the raw simulated from "target" on the
+  device (jaxvision.denoise.raw: unprocessing, noise and amplification run jitted there),
+  so this is only the sRGB mosaic, never the network's real input."""
+
+  def __call__(self, item: dict) -> dict:
+    t = item["target"]
+    out = dict(item)
+    out["input"] = np.ascontiguousarray(np.stack(
+        [t[0::2, 0::2, 0], t[0::2, 1::2, 1], t[1::2, 0::2, 1], t[1::2, 1::2, 2]], axis=-1)
+        [:t.shape[0] // 2, :t.shape[1] // 2])
+    return out
+
+  def __repr__(self):
+    return "BayerShape()"
+
+
 class _ProgressIterator:
   """The train iterator with batch["progress"] (step / total_steps, float32 per example).
 
@@ -157,9 +185,10 @@ class ProgressLoader:
     return _ProgressIterator(iter(self.loader), self.total_steps)
 
 
-def make_data(config):
+def make_data(config, post_fn=None):
   """(train loader, eval batches): random crops (flips) of clean images or of pairs; eval:
-  centre crops of `data.eval_crop` (0: whole images) of the eval split."""
+  centre crops of `data.eval_crop` (0: whole images) of the eval split. `post_fn` runs on
+  each cropped record (BayerShape for the `sid` task)."""
   import jax
 
   d = config.data
@@ -170,10 +199,10 @@ def make_data(config):
   per_host = config.batch_size // jax.process_count()
   loader = jv_data.make_train_loader(
       train_src, batch_size=per_host, crop_size=int(d.crop_size), seed=config.seed,
-      pair_fn=pair, worker_count=d.get("worker_count", 2))
+      pair_fn=pair, worker_count=d.get("worker_count", 2), post_fn=post_fn)
   eval_batches = jv_data.make_eval_batches(
       eval_src, crop_size=d.get("eval_crop") or None, pair_fn=pair,
-      max_images=d.get("eval_max_images") or None)
+      max_images=d.get("eval_max_images") or None, post_fn=post_fn)
   return ProgressLoader(loader, config.total_steps), eval_batches
 
 

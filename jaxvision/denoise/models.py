@@ -1,6 +1,7 @@
-"""Denoising networks: DnCNN (Zhang et al. 2017) and the Noise2Noise U-Net (Lehtinen et al. 2018).
+"""Denoising networks: DnCNN (Zhang et al. 2017), the Noise2Noise U-Net (Lehtinen et al. 2018)
+and the SID U-Net (Chen et al. 2018).
 
-Both map a noisy (N, H, W, C) image in [0, 1] to the denoised image (not clipped).
+The first two map a noisy (N, H, W, C) image in [0, 1] to the denoised image (not clipped).
 
 DnCNN ("Beyond a Gaussian Denoiser: Residual Learning of Deep CNN for Image Denoising",
 TIP 2017). `depth` = 17 layers of 3x3 convolutions with 64 channels: Conv+ReLU, then 15 x
@@ -26,6 +27,19 @@ have 64, 32 and C channels. Every convolution is 3x3, "SAME", followed by leaky 
 slope 0.1, except the last, which is linear. Five 2x2 max pools: sides must be multiples of
 32; other sizes are reflect-padded up to one inside the model and the output cropped.
 Parameters for C = 3: 991,203 (the sum over table 2 in `tests/denoise/test_models.py`).
+
+SID U-Net ("Learning to See in the Dark", Chen, Chen, Xu, Koltun, CVPR 2018). The input is
+the raw Bayer image packed into 4 half-resolution planes (RGGB), black level subtracted and
+multiplied by the amplification ratio (the exposure difference, x100 to x300 in the
+paper), clipped at 1. Encoder: two 3x3 convolutions per level with 32, 64, 128, 256, 512
+channels, leaky ReLU max(x, 0.2x), 2x2 max pools between levels; decoder: a 2x2 stride-2
+transposed convolution (no bias) to the next width, concatenated with the encoder's
+features of that resolution, two 3x3 convolutions; a 1x1 convolution to 12 channels and
+depth-to-space by 2 (TensorFlow's channel order) gives the sRGB image at the full sensor
+resolution (the network demosaics, white-balances, colour-corrects, tone-maps and denoises
+in one). Parameters: 7,760,268 (counted from the layer list in
+tests/denoise/test_models.py). Sides in packed pixels must be multiples of 16; other sizes
+are reflect-padded per plane (which keeps every plane one Bayer site) and cropped.
 
 Tiling: DnCNN is a local operator (radius 17 pixels); `receptive_radius()` gives it to the
 tiler. The U-Net pools, so its output depends on the 32-pixel grid phase, and its receptive
@@ -59,6 +73,7 @@ class DnCNN(nn.Module):
   bn_momentum: float = 0.9
   zero_init_last: bool = True
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32  # BN statistics stay float32 whatever `dtype` (flax's)
   size_multiple = 1
 
   def receptive_radius(self) -> int:
@@ -68,15 +83,15 @@ class DnCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != self.channels:
       raise ValueError(f"DnCNN expects (N, H, W, {self.channels}) input, got {x.shape}")
-    dt = _dtype(self.dtype)
+    dt, pdt = _dtype(self.dtype), _dtype(self.param_dtype)
     conv = lambda f, name, bias, init=nn.initializers.he_normal(): nn.Conv(  # noqa: E731
-        f, (3, 3), padding="SAME", use_bias=bias, dtype=dt, name=name, kernel_init=init,
-        conv_general_dilated=layers.conv_general_dilated)
+        f, (3, 3), padding="SAME", use_bias=bias, dtype=dt, param_dtype=pdt, name=name,
+        kernel_init=init, conv_general_dilated=layers.conv_general_dilated)
     h = nn.relu(conv(self.features, "conv1", True)(x.astype(dt)))
     for i in range(2, self.depth):
       h = conv(self.features, f"conv{i}", False)(h)
       h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=1e-5, dtype=dt, name=f"bn{i}")(h)
+                       epsilon=1e-5, dtype=dt, param_dtype=pdt, name=f"bn{i}")(h)
       h = nn.relu(h)
     last_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.he_normal()
     v = conv(self.channels, f"conv{self.depth}", True, last_init)(h).astype(jnp.float32)
@@ -94,6 +109,7 @@ class N2NUNet(nn.Module):
   features: int = 48
   negative_slope: float = 0.1
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   size_multiple = 32
 
   def receptive_radius(self) -> int:
@@ -114,8 +130,8 @@ class N2NUNet(nn.Module):
     f, f2 = self.features, 2 * self.features
 
     def conv(h, c, name, act=True):
-      h = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, name=name,
-                  conv_general_dilated=layers.conv_general_dilated)(h)
+      h = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, param_dtype=_dtype(self.param_dtype),
+                  name=name, conv_general_dilated=layers.conv_general_dilated)(h)
       return nn.leaky_relu(h, self.negative_slope) if act else h
 
     pool = lambda h: nn.max_pool(h, (2, 2), strides=(2, 2))  # noqa: E731
@@ -137,6 +153,67 @@ class N2NUNet(nn.Module):
     return y[:, :h0, :w0]
 
 
+def depth_to_space(x, block: int = 2):
+  """(N, h, w, b*b*C) -> (N, b*h, b*w, C) in TensorFlow's order (SID's tf.depth_to_space):
+  out[y*b + i, x*b + j, c] = in[y, x, (i*b + j)*C + c]."""
+  n, h, w, d = x.shape
+  c = d // (block * block)
+  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, c)
+
+
+class SIDUNet(nn.Module):
+  """Learning to See in the Dark's U-Net: packed RGGB (N, h, w, 4) -> sRGB (N, 2h, 2w, 3).
+
+  The input is the raw already multiplied by the amplification ratio (the task does it,
+  as SID's data code does). Any packed size: reflect-padded to a multiple of 16 (four
+  pools) and the output cropped back to (2h, 2w)."""
+
+  features: int = 32
+  channels: int = 3
+  negative_slope: float = 0.2
+  dtype: Any = jnp.float32
+  size_multiple = 16      # in packed (half-resolution) pixels
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no batch statistics
+    if x.ndim != 4 or x.shape[-1] != 4:
+      raise ValueError(f"SIDUNet expects packed Bayer (N, H/2, W/2, 4) input, got {x.shape}")
+    dt = _dtype(self.dtype)
+    n, h0, w0, _ = x.shape
+    m = self.size_multiple
+    ph, pw = -h0 % m, -w0 % m
+    inp = x.astype(dt)
+    if ph or pw:  # each packed plane is one Bayer site: reflecting keeps the phase
+      mode = "reflect" if min(h0, w0) > max(ph, pw) else "edge"
+      inp = jnp.pad(inp, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+
+    def block(h, c, name):
+      for k in (1, 2):
+        h = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, name=f"{name}_{k}",
+                    conv_general_dilated=layers.conv_general_dilated)(h)
+        h = nn.leaky_relu(h, self.negative_slope)
+      return h
+
+    widths = [self.features * 2 ** i for i in range(5)]   # 32, 64, 128, 256, 512
+    skips, h = [], inp
+    for i, c in enumerate(widths[:-1]):
+      h = block(h, c, f"conv{i + 1}")
+      skips.append(h)
+      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+    h = block(h, widths[-1], "conv5")
+    for i, c in zip(range(6, 10), reversed(widths[:-1])):
+      # SID's upsample_and_concat: a 2x2 stride-2 transposed conv without bias (init
+      # N(0, 0.02) truncated), then the skip of the same resolution
+      h = nn.ConvTranspose(c, (2, 2), strides=(2, 2), use_bias=False, dtype=dt,
+                           kernel_init=nn.initializers.truncated_normal(0.02),
+                           name=f"up{i}")(h)
+      h = block(jnp.concatenate([h, skips.pop()], axis=-1), c, f"conv{i}")
+    y = nn.Conv(4 * self.channels, (1, 1), dtype=dt, name="conv10")(h).astype(jnp.float32)
+    return depth_to_space(y, 2)[:, :2 * h0, :2 * w0]
+
+
 @register("dncnn")
 def dncnn(**kwargs) -> DnCNN:
   """DnCNN-S (17 layers, 64 channels, BN, residual learning); `channels=1` for grey."""
@@ -147,6 +224,13 @@ def dncnn(**kwargs) -> DnCNN:
 def n2n_unet(**kwargs) -> N2NUNet:
   """The Noise2Noise U-Net (48-channel encoder, 5 pools, skip concatenations, leaky 0.1)."""
   return N2NUNet(**kwargs)
+
+
+@register("sid_unet")
+def sid_unet(**kwargs) -> SIDUNet:
+  """Learning to See in the Dark (Chen et al. 2018): packed 4-channel Bayer at half
+  resolution (times the amplification ratio) -> full-resolution sRGB."""
+  return SIDUNet(**kwargs)
 
 
 def count_params(variables) -> int:

@@ -19,6 +19,14 @@
 
 Noise is applied inside the jitted step (jaxvision.denoise.noise): the grain workers only
 crop, and every step sees fresh noise.
+
+The `sid` task (configs/sid.py) trains a raw-to-sRGB network (`sid_unet`) on raw simulated
+from clean photos, again inside the jitted step: each clean sRGB crop is unprocessed with
+a random camera (Brooks et al. 2019, jaxvision.denoise.raw), captured at 1/ratio of the
+exposure with the paper's shot/read noise, amplified by `config.ratio` and clipped, and
+the network's full-resolution sRGB output is compared with the clean photo (L1, SID's
+loss). Evaluation draws the camera and the noise with the image's fixed key and reports,
+as "input", the camera pipeline with the true metadata on the same noisy raw.
 """
 from __future__ import annotations
 
@@ -27,11 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.core import metrics as jv_metrics
+from jaxvision.core.errors import DataError
 from jaxvision.core.io import to_uint8
 from jaxvision.core.registry import register_task
 from jaxvision.core.tasks import Task, apply_model
-from jaxvision.denoise import noise
-from jaxvision.denoise.data import is_paired, make_data
+from jaxvision.denoise import noise, raw
+from jaxvision.denoise.data import BayerShape, is_paired, make_data
 
 LOSSES = ("l2", "l1", "l0")
 
@@ -102,3 +111,77 @@ def denoise_samples(batch, outputs, config) -> dict[str, np.ndarray]:
 
 register_task("denoise", Task(make_data=make_data, loss=denoise_loss,
                               evaluate=denoise_evaluate, samples=denoise_samples))
+
+
+# ---------------------------------------------------------------- sid: raw -> sRGB
+def _even(x):
+  """The crop of (N, H, W, C) to even sides (a whole Bayer pattern)."""
+  return x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+
+
+def simulated_raw(config, clean, key):
+  """(network input, metadata): the clean sRGB batch unprocessed with a random camera per
+  image (jaxvision.denoise.raw), captured at 1/ratio of the exposure with the paper's
+  shot/read noise, amplified by the ratio and clipped (SID's input)."""
+  n = clean.shape[0]
+  k_meta, k_levels, k_noise = jax.random.split(key, 3)
+  meta = raw.random_metadata(k_meta, n)
+  bayer = raw.unprocess(clean, meta)
+  shot, read = raw.random_noise_levels(k_levels, n, float(config.min_shot_noise),
+                                       float(config.max_shot_noise))
+  return raw.low_light(k_noise, bayer, float(config.ratio), shot, read), meta
+
+
+def sid_loss(model, variables, batch, rng, train, config):
+  """SID's objective: L1 between the network's sRGB and the clean photo (the long
+  exposure; unprocess -> process returns it, tests/denoise/test_raw.py)."""
+  clean = _even(batch["target"])
+  x, _ = simulated_raw(config, clean, rng)
+  pred, new_state = apply_model(model, variables, x, train)
+  loss = pixel_loss(config.get("loss", "l1"), pred, clean)
+  return loss, ({"mse_to_clean": jnp.mean((pred - clean) ** 2)}, new_state)
+
+
+def _eval_raw(config, clean, seed):
+  keys = jax.vmap(noise.eval_key)(jnp.asarray(seed, jnp.int32))
+  one = lambda k, im: jax.tree.map(  # noqa: E731
+      lambda a: a[0], simulated_raw(config, im[None], k))
+  return jax.vmap(one)(keys, clean)
+
+
+def sid_evaluate(model, variables, batch, config):
+  """PSNR / SSIM of the clipped network output against the clean photo; the reference
+  "input" is the camera pipeline (`raw.process`, told the true white balance and colour
+  matrix) applied to the amplified noisy raw: what the same capture gives without a
+  learned pipeline."""
+  clean = _even(batch["target"])
+  x, meta = _eval_raw(config, clean, batch["seed"])
+  pred = jnp.clip(model.apply(variables, x, train=False), 0.0, 1.0)
+  isp = jnp.clip(raw.process(x, meta), 0.0, 1.0)
+  return {"psnr": jv_metrics.psnr(pred, clean), "ssim": jv_metrics.ssim(pred, clean),
+          "input_psnr": jv_metrics.psnr(isp, clean), "input_ssim": jv_metrics.ssim(isp, clean),
+          "output": pred, "noisy": isp}
+
+
+def sid_samples(batch, outputs, config) -> dict[str, np.ndarray]:
+  del config
+  x, y = to_uint8(outputs["noisy"]), to_uint8(outputs["output"])
+  t = to_uint8(_even(jnp.asarray(batch["target"])))
+  return {"camera_pipeline": x, "output": y,
+          "camera_pipeline|output|clean": np.concatenate([x, y, t], axis=2)}
+
+
+def sid_data(config):
+  if is_paired(config):
+    raise DataError(f"{config.data.dataset}: the sid task trains on raw simulated from clean "
+                    "photos (photos, folder:/path or a TFDS name); real raw pairs are not "
+                    "read yet")
+  if int(config.data.crop_size) % 32 or (config.data.get("eval_crop") or 0) % 32:
+    raise DataError(f"sid: data.crop_size ({config.data.crop_size}) and data.eval_crop "
+                    f"({config.data.get('eval_crop')}) must be multiples of 32 (sid_unet "
+                    "pools the half-resolution raw four times)")
+  return make_data(config, post_fn=BayerShape())
+
+
+register_task("sid", Task(make_data=sid_data, loss=sid_loss, evaluate=sid_evaluate,
+                          samples=sid_samples))

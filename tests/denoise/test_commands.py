@@ -89,7 +89,7 @@ def test_eval_table_has_the_model_and_the_baselines(workdir, tmp_path, tfds_dir,
   rows = json.loads(res.read_text())["gaussian:25"]
   assert set(rows) == {"noisy input", *available_baselines(),
                        next(k for k in rows if k.startswith("dncnn"))}
-  assert {"nl_means", "tv_chambolle"} <= set(rows)
+  assert {"nl_means", "tv_chambolle", "wavelet"} <= set(rows)
   # the classical denoisers beat the noisy input at sigma 25
   for b in available_baselines():
     assert rows[b]["psnr"] > rows["noisy input"]["psnr"] + 1, rows

@@ -79,3 +79,31 @@ def test_unet_pads_to_32_like_reflecting_the_input():
   v = m.init(jax.random.PRNGKey(0), x)
   big = jnp.pad(x, ((0, 0), (0, 24), (0, 19), (0, 0)), mode="reflect")
   np.testing.assert_allclose(m.apply(v, x), m.apply(v, big)[:, :40, :45], atol=1e-6)
+
+
+def test_sid_unet_parameter_count_from_the_layer_list():
+  m = registry.create_model("sid_unet")
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 4)))
+  widths, expect, cin = (32, 64, 128, 256, 512), 0, 4
+  for c in widths:                                   # conv1 .. conv5: two 3x3 each
+    expect += _conv(cin, c) + _conv(c, c)
+    cin = c
+  for c in widths[-2::-1]:                           # up6 .. up9 (2x2, no bias) + conv6 .. 9
+    expect += 4 * cin * c + _conv(2 * c, c) + _conv(c, c)
+    cin = c
+  expect += 32 * 12 + 12                             # conv10: 1x1 to 12 channels
+  assert count_params(v) == expect == 7_760_268
+
+
+def test_sid_unet_doubles_the_packed_size_in_tensorflows_depth_to_space_order():
+  x = jnp.arange(2 * 3 * 12, dtype=jnp.float32).reshape(1, 2, 3, 12)
+  y = np.asarray(models.depth_to_space(x, 2))
+  xn = np.asarray(x)
+  for i in range(2):
+    for j in range(2):  # tf.depth_to_space: out[2y+i, 2x+j, c] = in[y, x, (2i+j)*3 + c]
+      np.testing.assert_array_equal(y[0, i::2, j::2], xn[0, :, :, (2 * i + j) * 3:(2 * i + j + 1) * 3])
+  m = registry.create_model("sid_unet", features=2)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (1, 10, 14, 4))  # not a multiple of 16
+  # shapes only (no compile: the numbers are the registry sweep's and the SID run's)
+  out = jax.eval_shape(lambda x: m.apply(m.init(jax.random.PRNGKey(0), x), x), x)
+  assert out.shape == (1, 20, 28, 3) and out.dtype == jnp.float32

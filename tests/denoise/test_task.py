@@ -73,7 +73,6 @@ def test_paired_folders_match_by_name_and_split(tmp_path):
     im = rng.integers(0, 256, (20, 24, 3), np.uint8)
     Image.fromarray(im).save(clean / f"p{i:02d}.png")
     Image.fromarray(255 - im).save(noisy / f"p{i:02d}.jpg" if i == 3 else noisy / f"p{i:02d}.png")
-  Image.fromarray(im).save(clean / "only_clean.png")
   train = data.get_source(f"pairs:{noisy},{clean}", "train")
   test = data.get_source(f"pairs:{noisy},{clean}", "test")
   assert len(train) == 11 and len(test) == 1 and test.pairs[0][1] == "p09.png"
@@ -83,6 +82,10 @@ def test_paired_folders_match_by_name_and_split(tmp_path):
   np.testing.assert_array_equal(pair["input"], 255 - pair["target"])
   with pytest.raises(DataError, match="no file names in common"):
     data.get_source(f"pairs:{noisy},{tmp_path}", "train")
+  Image.fromarray(im).save(clean / "only_clean.png")  # a clean image without its noisy pair
+  with pytest.raises(DataError, match=r"only_clean.png: no noisy image of the same name "
+                                      r"\(1 unmatched"):
+    data.get_source(f"pairs:{noisy},{clean}", "train")
   with pytest.raises(DataError, match="pairs:/path/noisy,/path/clean"):
     data.get_source(f"pairs:{noisy}", "train")
 

@@ -36,6 +36,14 @@ a + t (b - a) (z, then y, then x) of 8 gathers: equal corners give that value ex
 a grid of identity affines returns the input bit for bit, and the result is differentiable
 in the grid (gather -> scatter-add) and in the guidance (through t).
 
+Compute dtype: `dtype` ("bfloat16" on GPU/TPU; float32 by default) is that of the
+low-resolution network only (splat, local, global and fusion layers, the coefficients'
+1x1 convolution), with `param_dtype` (float32) for their parameters. The grid is cast to
+float32 as it leaves the network, and the full-resolution work is float32 whatever the
+dtype: the downsampling, the guidance map, the trilinear slicing (whose exactness on
+identity grids and whose gradients in the guidance rest on float32 coordinates) and the
+affine colour transform of the image.
+
 Initialisation: the coefficient layer's kernel is zero and its bias the identity affine in
 every cell, so the untrained network is the identity operator (as CAN's identity init);
 training moves it from there.
@@ -158,7 +166,8 @@ class HDRNet(nn.Module):
   width: int = 8          # c_m: splat layer i has width * 2^i channels
   features: int = 64      # local / global / fusion width
   fc: tuple = (256, 128)  # the global path's hidden fully connected layers (then `features`)
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # the low-resolution network's; the slicing stays float32
+  param_dtype: Any = jnp.float32
   full_resolution = True  # no tiles: `jaxvision enhance` runs it on the whole image
 
   def grid_shape(self) -> tuple[int, int, int]:
@@ -168,12 +177,14 @@ class HDRNet(nn.Module):
   def coefficients(self, x):
     """The bilateral grid (N, gh, gw, gd, 12) of x (N, H, W, 3)."""
     dt = jnp.dtype(self.dtype) if isinstance(self.dtype, str) else self.dtype
+    pdt = jnp.dtype(self.param_dtype) if isinstance(self.param_dtype, str) else self.param_dtype
     n = x.shape[0]
     lo = jax.image.resize(box_reduce(x, self.lowres), (n, self.lowres, self.lowres,
                                                        x.shape[-1]), "linear",
                           antialias=True).astype(dt)
     conv = lambda h, c, s, name, bias=True: nn.Conv(  # noqa: E731
-        c, (3, 3), strides=(s, s), padding="SAME", use_bias=bias, dtype=dt, name=name)(h)
+        c, (3, 3), strides=(s, s), padding="SAME", use_bias=bias, dtype=dt, param_dtype=pdt,
+        name=name)(h)
     h = lo
     for i in range(self.n_splat):
       h = nn.relu(conv(h, self.width * 2 ** i, 2, f"splat{i + 1}"))
@@ -184,10 +195,12 @@ class HDRNet(nn.Module):
       g = nn.relu(conv(g, self.features, 2, f"global_conv{i + 1}"))
     g = g.reshape(n, -1)
     for i, f in enumerate(self.fc):
-      g = nn.relu(nn.Dense(f, dtype=dt, name=f"global_fc{i + 1}")(g))
-    g = nn.Dense(self.features, dtype=dt, name=f"global_fc{len(self.fc) + 1}")(g)
+      g = nn.relu(nn.Dense(f, dtype=dt, param_dtype=pdt, name=f"global_fc{i + 1}")(g))
+    g = nn.Dense(self.features, dtype=dt, param_dtype=pdt,
+                 name=f"global_fc{len(self.fc) + 1}")(g)
     fused = nn.relu(local + g[:, None, None, :])
-    coeffs = nn.Conv(self.grid_depth * N_COEFFS, (1, 1), dtype=dt, name="coefficients",
+    coeffs = nn.Conv(self.grid_depth * N_COEFFS, (1, 1), dtype=dt, param_dtype=pdt,
+                     name="coefficients",
                      kernel_init=nn.initializers.zeros,
                      bias_init=identity_affine_bias(self.grid_depth))(fused)
     gh, gw, gd = self.grid_shape()

@@ -85,6 +85,13 @@ class GDN(nn.Module):
   """y_i = x_i / sqrt(β_i + Σ_j γ_ij x_j²) (IGDN: times the square root). NHWC.
 
   Params (stored, see `nonneg`): beta (C,), gamma (C_out, C_in); init β=1, γ=0.1·I.
+
+  The normalisation β + Σ_j γ_ij x_j² and its (inverse) square root are computed in
+  float32 whatever x's dtype, and only the product is cast back to it: under bf16 compute
+  (the codecs' `dtype`) a bf16 x² loses the small terms of the sum next to the large ones,
+  and the rsqrt of a bf16 sum would add its 2^-8 relative error to every activation of
+  every GDN layer; like a normalisation layer's statistics, the sum stays float32. For
+  float32 x every cast is a no-op, so float32 models compute exactly what they did.
   """
 
   inverse: bool = False
@@ -100,8 +107,10 @@ class GDN(nn.Module):
     gamma = self.param(
         "gamma", lambda k, s: nonneg_init(self.gamma_init * jnp.eye(s[0]), ped), (c, c))
     beta, gamma = self.effective({"beta": beta, "gamma": gamma})
-    norm = jnp.matmul(jnp.square(x), gamma.T.astype(x.dtype)) + beta.astype(x.dtype)
-    return x * jnp.sqrt(norm) if self.inverse else x * jax.lax.rsqrt(norm)
+    f32 = jnp.float32
+    norm = (jnp.matmul(jnp.square(x.astype(f32)), gamma.T.astype(f32)) + beta.astype(f32))
+    y = x.astype(f32) * (jnp.sqrt(norm) if self.inverse else jax.lax.rsqrt(norm))
+    return y.astype(x.dtype)
 
   @nn.nowrap
   def effective(self, params):

@@ -19,8 +19,24 @@ checkpoint; `coding.py` codes latents on the host (`compress`, `decompress`,
 .jvc container. The jitted float methods below (`_encode_net`, `_hyper_decode`,
 `_ar_step`, ...) are what the coder runs on the accelerator, or float references of
 its fixed-point integer networks for tests.
+
+Compute dtype (`dtype`, e.g. "bfloat16" on GPU/TPU; None, the default, is float32 as
+before): only the analysis and synthesis transforms g_a and g_s compute in it. Their
+outputs y and x_hat are cast to float32 at once, so the hyperprior (h_a, h_s), the mbt2018
+context model and entropy parameters, the entropy bottleneck and the Gaussian conditional
+(likelihoods, medians, quantisation, the rate term of the loss) stay float32, and the
+coder's fixed-point integer networks (which read only the float32 parameters) are not
+affected at all. GDN's normalisation Σ γ x² and its square root are float32 inside g_a and
+g_s too (`layers.GDN`). Rounding y in bf16 would move latents across quantisation
+boundaries and the rate estimate with them; a bf16 g_a's y only perturbs the values being
+coded. Parameters are `param_dtype` (float32: the trainer keeps master weights and
+optimizer state in float32). A `.jvc` file is made by a model built from the workdir's
+`model.kwargs`, which hold no dtype unless a user put one there: files made with the
+default dtype are bit-identical to before.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,15 +56,17 @@ MS_SSIM_LAMBDAS = {q: l for q, l in enumerate(
 STRIDE = 64
 
 
-def _conv(features, k=5, stride=2):
-  return nn.Conv(features, (k, k), (stride, stride), padding=((k // 2,) * 2,) * 2)
+def _conv(features, k=5, stride=2, dtype=None, param_dtype=jnp.float32):
+  return nn.Conv(features, (k, k), (stride, stride), padding=((k // 2,) * 2,) * 2,
+                 dtype=dtype, param_dtype=param_dtype)
 
 
-def _deconv(features, k=5, stride=2):
+def _deconv(features, k=5, stride=2, dtype=None, param_dtype=jnp.float32):
   # Output exactly stride x input (PyTorch padding=k//2, output_padding=stride-1);
   # computed phase by phase (layers.PolyphaseConvTranspose), same params as nn.ConvTranspose.
   lo, hi = k // 2, k // 2 + stride - 1
-  return PolyphaseConvTranspose(features, (k, k), (stride, stride), padding=((lo, hi),) * 2)
+  return PolyphaseConvTranspose(features, (k, k), (stride, stride), padding=((lo, hi),) * 2,
+                                dtype=dtype, param_dtype=param_dtype)
 
 
 def _seq(layers, x):
@@ -57,17 +75,23 @@ def _seq(layers, x):
   return x
 
 
+def _transform(layers, x):
+  """g_a or g_s (in the compute dtype), its output in float32 (see the module docstring)."""
+  return _seq(layers, x).astype(jnp.float32)
+
+
 def _leaky(x):
   return nn.leaky_relu(x, 0.01)  # torch.nn.LeakyReLU default slope
 
 
-def _analysis(N, M):
-  return [_conv(N), GDN(), _conv(N), GDN(), _conv(N), GDN(), _conv(M)]
+def _analysis(N, M, dt=None, pdt=jnp.float32):
+  c = lambda f: _conv(f, dtype=dt, param_dtype=pdt)  # noqa: E731
+  return [c(N), GDN(), c(N), GDN(), c(N), GDN(), c(M)]
 
 
-def _synthesis(N):
-  return [_deconv(N), GDN(inverse=True), _deconv(N), GDN(inverse=True), _deconv(N),
-          GDN(inverse=True), _deconv(3)]
+def _synthesis(N, dt=None, pdt=jnp.float32):
+  d = lambda f: _deconv(f, dtype=dt, param_dtype=pdt)  # noqa: E731
+  return [d(N), GDN(inverse=True), d(N), GDN(inverse=True), d(N), GDN(inverse=True), d(3)]
 
 
 class FactorizedPrior(nn.Module):
@@ -75,28 +99,30 @@ class FactorizedPrior(nn.Module):
 
   N: int = 128
   M: int = 192
+  dtype: Any = None               # g_a / g_s compute dtype; None: float32
+  param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.g_a = _analysis(self.N, self.M)
-    self.g_s = _synthesis(self.N)
+    self.g_a = _analysis(self.N, self.M, self.dtype, self.param_dtype)
+    self.g_s = _synthesis(self.N, self.dtype, self.param_dtype)
     self.entropy_bottleneck = EntropyBottleneck(self.M)
 
   def __call__(self, x, train: bool = False):
-    y = _seq(self.g_a, x)
+    y = _transform(self.g_a, x)
     y_hat, y_lik = self.entropy_bottleneck(y, train)
-    return {"x_hat": _seq(self.g_s, y_hat), "likelihoods": {"y": y_lik}}
+    return {"x_hat": _transform(self.g_s, y_hat), "likelihoods": {"y": y_lik}}
 
   def aux_loss(self):
     return self.entropy_bottleneck.aux_loss()
 
   # Coding paths (see `compress`): integers in, integers out where a CDF is chosen.
   def _encode_net(self, x):
-    return {"y": self.entropy_bottleneck.quantize(_seq(self.g_a, x), "symbols")}
+    return {"y": self.entropy_bottleneck.quantize(_transform(self.g_a, x), "symbols")}
 
   def _decode_net(self, y_sym, side):
     del side
     y_hat = y_sym.astype(jnp.float32) + self.entropy_bottleneck.medians()
-    return _seq(self.g_s, y_hat)
+    return _transform(self.g_s, y_hat)
 
 
 class ScaleHyperprior(nn.Module):
@@ -104,13 +130,18 @@ class ScaleHyperprior(nn.Module):
 
   N: int = 128
   M: int = 192
+  dtype: Any = None               # g_a / g_s compute dtype; None: float32
+  param_dtype: Any = jnp.float32
 
   def setup(self):
-    N, M = self.N, self.M
-    self.g_a = _analysis(N, M)
-    self.g_s = _synthesis(N)
-    self.h_a = [_conv(N, 3, 1), nn.relu, _conv(N), nn.relu, _conv(N)]
-    self.h_s = [_deconv(N), nn.relu, _deconv(N), nn.relu, _conv(M, 3, 1), nn.relu]
+    N, M, pdt = self.N, self.M, self.param_dtype
+    self.g_a = _analysis(N, M, self.dtype, pdt)
+    self.g_s = _synthesis(N, self.dtype, pdt)
+    # the hyperprior in float32 (the coder's fixed-point h_s is its integer twin)
+    self.h_a = [_conv(N, 3, 1, param_dtype=pdt), nn.relu, _conv(N, param_dtype=pdt), nn.relu,
+                _conv(N, param_dtype=pdt)]
+    self.h_s = [_deconv(N, param_dtype=pdt), nn.relu, _deconv(N, param_dtype=pdt), nn.relu,
+                _conv(M, 3, 1, param_dtype=pdt), nn.relu]
     self.entropy_bottleneck = EntropyBottleneck(N)
     self.gaussian_conditional = GaussianConditional()
 
@@ -122,17 +153,17 @@ class ScaleHyperprior(nn.Module):
     return _seq(self.h_s, z_hat), None
 
   def __call__(self, x, train: bool = False):
-    y = _seq(self.g_a, x)
+    y = _transform(self.g_a, x)
     z_hat, z_lik = self.entropy_bottleneck(self.hyper_analysis(y), train)
     scales, means = self.hyper_synthesis(z_hat)
     y_hat, y_lik = self.gaussian_conditional(y, scales, means, train=train)
-    return {"x_hat": _seq(self.g_s, y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
+    return {"x_hat": _transform(self.g_s, y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
 
   def aux_loss(self):
     return self.entropy_bottleneck.aux_loss()
 
   def _encode_net(self, x):
-    y = _seq(self.g_a, x)
+    y = _transform(self.g_a, x)
     z_sym = self.entropy_bottleneck.quantize(self.hyper_analysis(y), "symbols")
     return {"y_float": y, "z": z_sym}
 
@@ -147,24 +178,26 @@ class ScaleHyperprior(nn.Module):
     return self.gaussian_conditional.quantize(y, "symbols", means)
 
   def _synthesis(self, y_hat):
-    return _seq(self.g_s, y_hat)
+    return _transform(self.g_s, y_hat)
 
   def _decode_net(self, y_sym, means):
     y_hat = y_sym.astype(jnp.float32)
     if means is not None:
       y_hat = y_hat + means  # = round(y - μ) + μ, as in the eval-mode forward
-    return _seq(self.g_s, y_hat)
+    return _transform(self.g_s, y_hat)
 
 
 class MeanScaleHyperprior(ScaleHyperprior):
   """Minnen et al. 2018 without context ("mbt2018-mean"): h_s predicts σ and μ."""
 
   def setup(self):
-    N, M = self.N, self.M
-    self.g_a = _analysis(N, M)
-    self.g_s = _synthesis(N)
-    self.h_a = [_conv(N, 3, 1), _leaky, _conv(N), _leaky, _conv(N)]
-    self.h_s = [_deconv(M), _leaky, _deconv(M * 3 // 2), _leaky, _conv(M * 2, 3, 1)]
+    N, M, pdt = self.N, self.M, self.param_dtype
+    self.g_a = _analysis(N, M, self.dtype, pdt)
+    self.g_s = _synthesis(N, self.dtype, pdt)
+    self.h_a = [_conv(N, 3, 1, param_dtype=pdt), _leaky, _conv(N, param_dtype=pdt), _leaky,
+                _conv(N, param_dtype=pdt)]
+    self.h_s = [_deconv(M, param_dtype=pdt), _leaky, _deconv(M * 3 // 2, param_dtype=pdt),
+                _leaky, _conv(M * 2, 3, 1, param_dtype=pdt)]
     self.entropy_bottleneck = EntropyBottleneck(N)
     self.gaussian_conditional = GaussianConditional()
 
@@ -182,10 +215,11 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
 
   def setup(self):
     super().setup()
-    M = self.M
-    self.context_prediction = MaskedConv(2 * M, 5)
-    self.entropy_parameters = [_conv(M * 10 // 3, 1, 1), _leaky, _conv(M * 8 // 3, 1, 1),
-                               _leaky, _conv(M * 6 // 3, 1, 1)]
+    M, pdt = self.M, self.param_dtype
+    self.context_prediction = MaskedConv(2 * M, 5)  # float32, as the entropy parameters
+    self.entropy_parameters = [_conv(M * 10 // 3, 1, 1, param_dtype=pdt), _leaky,
+                               _conv(M * 8 // 3, 1, 1, param_dtype=pdt), _leaky,
+                               _conv(M * 6 // 3, 1, 1, param_dtype=pdt)]
 
   def _gaussian_params(self, params, ctx):
     scales, means = jnp.split(_seq(self.entropy_parameters,
@@ -193,7 +227,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
     return scales, means
 
   def __call__(self, x, train: bool = False):
-    y = _seq(self.g_a, x)
+    y = _transform(self.g_a, x)
     z_hat, z_lik = self.entropy_bottleneck(self.hyper_analysis(y), train)
     params = _seq(self.h_s, z_hat)
     gc = self.gaussian_conditional
@@ -203,7 +237,7 @@ class JointAutoregressiveHierarchicalPriors(MeanScaleHyperprior):
              else gc.quantize(y, "dequantize"))
     scales, means = self._gaussian_params(params, self.context_prediction(y_hat))
     _, y_lik = gc(y, scales, means, train=train)
-    return {"x_hat": _seq(self.g_s, y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
+    return {"x_hat": _transform(self.g_s, y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
 
   def _hyper_params(self, z_sym):
     z_hat = z_sym.astype(jnp.float32) + self.entropy_bottleneck.medians()
@@ -233,10 +267,15 @@ def _nm(quality, split, low=(128, 192)):
   return low if quality <= split else (192, 320)
 
 
+def _dtype(d):
+  return jnp.dtype(d) if isinstance(d, str) else d  # configs name dtypes as strings
+
+
 def _factory(cls, split, low=(128, 192)):
-  def make(quality: int = 3, N: int | None = None, M: int | None = None):
+  def make(quality: int = 3, N: int | None = None, M: int | None = None, dtype: Any = None,
+           param_dtype: Any = jnp.float32):
     n, m = _nm(quality, split, low)
-    return cls(N=N or n, M=M or m)
+    return cls(N=N or n, M=M or m, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))
   return make
 
 

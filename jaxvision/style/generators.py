@@ -27,8 +27,17 @@ over the valid region (`buckets.masked_mean`), reflection at the valid border (a
 nearest-neighbour and antialiased linear resizes with the valid sizes' coordinate maps,
 and the noise drawn as the flat stream the unpadded shape would read. Buckets are multiples
 of the total stride (`bucket_multiple`); `bucketable` says which sizes are exact there.
+
+Compute dtype: both generators take `dtype` (None, the default: float32 as always;
+"bfloat16" on GPU/TPU) for their convolutions and activations, and `param_dtype` (float32)
+for the convolutions' parameters. Instance normalisation computes its mean, variance and
+rsqrt in float32 from the (bf16) activations and applies its float32 affine there, then
+returns the activations' dtype; the resize weights, noise and the output's scaled tanh are
+float32, and so is the returned image, which the perceptual losses compare in float32.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,9 +55,14 @@ def instance_normalize(x: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
+def _dtype(d):
+  return jnp.dtype(d) if isinstance(d, str) else d  # configs name dtypes as strings
+
+
 class InstanceNorm(nn.Module):
   """Instance normalisation with a learned per-channel affine (scale 1, bias 0 at init).
-  Statistics are those of the image itself in training and inference alike."""
+  Statistics are those of the image itself in training and inference alike. Computed in
+  float32 (statistics and affine), returned in x's dtype (a no-op for float32 x)."""
   eps: float = 1e-5
 
   @nn.compact
@@ -56,7 +70,8 @@ class InstanceNorm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    return instance_normalize(x.astype(jnp.float32), self.eps) * scale + bias
+    y = instance_normalize(x.astype(jnp.float32), self.eps) * scale + bias
+    return y.astype(x.dtype)
 
 
 def reflect_pad(x, p: int):
@@ -96,11 +111,14 @@ class ConvLayer(nn.Module):
   norm: bool = True
   relu: bool = True
   pad: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     x = PaddedConv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                   padding="VALID", name="conv")(
+                   padding="VALID", dtype=_dtype(self.dtype),
+                   param_dtype=_dtype(self.param_dtype), name="conv")(
                        reflect_pad(x, self.kernel // 2) if self.pad else x)
     if self.norm:
       x = InstanceNorm(name="norm")(x)
@@ -206,11 +224,14 @@ class JohnsonBlock(nn.Module):
   """A "same"-padded residual block of Johnson's network; its convolutions "a" and "b" sit
   flat in the parent as `res{i}_a`, `res{i}_b` (mapped by `scan.repeat`)."""
   features: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    r = ConvLayer(self.features, 3, name="a")(h)
-    return h + ConvLayer(self.features, 3, relu=False, name="b")(r)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    r = ConvLayer(self.features, 3, name="a", **dt)(h)
+    return h + ConvLayer(self.features, 3, relu=False, name="b", **dt)(r)
 
 
 class Johnson(nn.Module):
@@ -227,6 +248,8 @@ class Johnson(nn.Module):
   padding: str = "same"
   scan: bool = True        # "same": the residual blocks scanned (jaxvision.core.scan)
   remat: bool = False
+  dtype: Any = None        # compute dtype (see the module docstring); None: float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -238,31 +261,32 @@ class Johnson(nn.Module):
     valid = self.padding == "valid"
     _check_bucket(x, 4, "johnson")
     w = self.width
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = x.astype(jnp.float32)
     # the decoder's targets: the encoder's map sizes, of the image itself (not its padding)
     targets = [x.shape[1:3], tuple(-(-n // 2) for n in x.shape[1:3])]
     if valid:
       h = reflect_pad(h, 8 * self.num_residual)
-    h = ConvLayer(w, 9, name="c9s1")(h)
+    h = ConvLayer(w, 9, name="c9s1", **dt)(h)
     if not valid:
       targets[0] = h.shape[1:3]
-    h = ConvLayer(2 * w, 3, 2, name="d1")(h)
+    h = ConvLayer(2 * w, 3, 2, name="d1", **dt)(h)
     if not valid:
       targets[1] = h.shape[1:3]
-    h = ConvLayer(4 * w, 3, 2, name="d2")(h)
+    h = ConvLayer(4 * w, 3, 2, name="d2", **dt)(h)
     if valid or not self.scan:  # each block crops its shortcut: shapes differ, no scan
       for i in range(self.num_residual):
-        r = ConvLayer(4 * w, 3, pad=not valid, name=f"res{i}_a")(h)
-        r = ConvLayer(4 * w, 3, relu=False, pad=not valid, name=f"res{i}_b")(r)
+        r = ConvLayer(4 * w, 3, pad=not valid, name=f"res{i}_a", **dt)(h)
+        r = ConvLayer(4 * w, 3, relu=False, pad=not valid, name=f"res{i}_b", **dt)(r)
         h = (h[:, 2:-2, 2:-2] if valid else h) + r
     else:
-      h = scan.repeat(self, JohnsonBlock, dict(features=4 * w),
+      h = scan.repeat(self, JohnsonBlock, dict(features=4 * w, **dt),
                       [{"a": f"res{i}_a", "b": f"res{i}_b"} for i in range(self.num_residual)],
                       h, remat=self.remat)
-    h = ConvLayer(2 * w, 3, name="u1")(resize_nearest(h, targets[1]))
-    h = ConvLayer(w, 3, name="u2")(resize_nearest(h, targets[0]))
-    y = ConvLayer(3, 9, norm=False, relu=False, name="out")(h)
-    return 0.5 * (jnp.tanh(y) + 1.0)
+    h = ConvLayer(2 * w, 3, name="u1", **dt)(resize_nearest(h, targets[1]))
+    h = ConvLayer(w, 3, name="u2", **dt)(resize_nearest(h, targets[0]))
+    y = ConvLayer(3, 9, norm=False, relu=False, name="out", **dt)(h)
+    return 0.5 * (jnp.tanh(y.astype(jnp.float32)) + 1.0)
 
 
 @register_model("johnson")
@@ -283,11 +307,14 @@ def pyramid_sizes(h: int, w: int, scales: int) -> list[tuple[int, int]]:
 class ConvBlock(nn.Module):
   """Ulyanov's conv block: 3x3, 3x3, 1x1 convolutions, each normalised + LeakyReLU."""
   features: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i, k in enumerate((3, 3, 1)):
-      x = PaddedConv(self.features, (k, k), padding="VALID", name=f"conv{i}")(
+      x = PaddedConv(self.features, (k, k), padding="VALID", dtype=_dtype(self.dtype),
+                     param_dtype=_dtype(self.param_dtype), name=f"conv{i}")(
           reflect_pad(x, k // 2))
       x = nn.leaky_relu(InstanceNorm(name=f"norm{i}")(x), 0.01)
     return x
@@ -305,6 +332,8 @@ class TextureNet(nn.Module):
   width: int = 8            # channels per conv block; the join of k blocks has k * width
   noise_channels: int = 3
   image_input: bool = True
+  dtype: Any = None         # compute dtype (see the module docstring); None: float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, noise=None, train: bool = False):
@@ -318,6 +347,7 @@ class TextureNet(nn.Module):
       key = self.make_rng("noise") if self.has_rng("noise") else jax.random.key(0, impl="rbg")
       keys = jax.random.split(key, self.scales)
       noise = [_uniform(k, (n, *s, self.noise_channels)) for k, s in zip(keys, sizes)]
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = None
     for k in reversed(range(self.scales)):  # coarsest first
       inp = noise[k]
@@ -326,15 +356,16 @@ class TextureNet(nn.Module):
         if k:
           img = resize_linear(img, sizes[k])
         inp = jnp.concatenate([inp, img], axis=-1)
-      b = ConvBlock(self.width, name=f"block{k}")(inp)
+      b = ConvBlock(self.width, name=f"block{k}", **dt)(inp)
       if h is None:
         h = b
       else:  # join: upsample the coarser result, normalise both, concatenate, conv block
         j = jnp.concatenate([InstanceNorm(name=f"join{k}_a")(resize_nearest(h, sizes[k])),
                              InstanceNorm(name=f"join{k}_b")(b)], axis=-1)
-        h = ConvBlock(j.shape[-1], name=f"joined{k}")(j)
-    y = nn.Conv(3, (1, 1), name="out")(h)
-    return 0.5 * (jnp.tanh(y) + 1.0)
+        h = ConvBlock(j.shape[-1], name=f"joined{k}", **dt)(j)
+    y = nn.Conv(3, (1, 1), dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
+                name="out")(h)
+    return 0.5 * (jnp.tanh(y.astype(jnp.float32)) + 1.0)
 
 
 @register_model("texture_net")

@@ -38,20 +38,22 @@ def test_pnet_on_tiles_with_pool_masks(weights):
   mask[1, :, 17:20] = False      # a gap between two levels, odd width
   mask[1, :5, :] = False
   mask = jnp.asarray(mask)
-  want = M.PNet().apply(weights["pnet"], x, pool_mask=mask)
-  _close(P.pnet(weights["pnet"], x, mask), want, 1e-5)
-  _close(P.pnet(weights["pnet"], x), M.PNet().apply(weights["pnet"], x), 1e-5)
+  # (jitted: op by op each net takes seconds)
+  module = jax.jit(lambda v, x, m: M.PNet().apply(v, x, pool_mask=m))
+  fast = jax.jit(P.pnet)
+  _close(fast(weights["pnet"], x, mask), module(weights["pnet"], x, mask), 1e-5)
+  _close(fast(weights["pnet"], x), jax.jit(M.PNet().apply)(weights["pnet"], x), 1e-5)
 
 
 def test_pnet_odd_sizes_fall_back(weights):
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 13, 17, 3)), jnp.float32)
-  _close(P.pnet(weights["pnet"], x), M.PNet().apply(weights["pnet"], x), 1e-6)
+  _close(jax.jit(P.pnet)(weights["pnet"], x), jax.jit(M.PNet().apply)(weights["pnet"], x), 1e-6)
 
 
 @pytest.mark.parametrize("stage,net,size", [("rnet", M.RNet, 24), ("onet", M.ONet, 48)])
 def test_crop_nets(weights, stage, net, size):
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (5, size, size, 3)), jnp.float32)
-  _close(P.NETS[stage](weights[stage], x), net().apply(weights[stage], x), 1e-5)
+  _close(jax.jit(P.NETS[stage])(weights[stage], x), jax.jit(net().apply)(weights[stage], x), 1e-5)
 
 
 def test_detector_uses_them_only_for_the_released_nets():

@@ -122,7 +122,9 @@ def main(argv=None) -> int:
   if ckpt is not None:  # (in-process callers, tests: only this command's workdirs count)
     ckpt.forget_loaded()
   try:
-    families.load("models")  # every command may read a workdir naming any model
+    # every command may read a workdir naming any model: the families' models are
+    # imported at the first model the registry does not know (not for detect-faces)
+    registry.load_models_on_demand(lambda: families.load("models"))
     args.func(args)
   except UserError as e:
     print(f"jaxvision {args.command}: error: {first_line(e, 1000)}", file=sys.stderr)

@@ -83,7 +83,14 @@ def _environment(sources: tuple[str, ...]) -> str:
   for name in sources + (__name__,):
     mod = sys.modules.get(name)
     path = getattr(mod, "__file__", None)
-    if path:
+    if path is None:  # not imported in this process (MTCNN's flax modules): the same key
+      import importlib.util
+      try:
+        spec = importlib.util.find_spec(name)
+      except (ImportError, ValueError):
+        spec = None
+      path = getattr(spec, "origin", None)
+    if path and os.path.isfile(path):
       with open(path, "rb") as f:
         parts.append(hashlib.sha256(f.read()).hexdigest())
   return "\n".join(parts)

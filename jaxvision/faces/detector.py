@@ -224,7 +224,14 @@ class _Pyramid:
   levels: list = dataclasses.field(default_factory=list)  # [(scale, hs, ws, oy, ox)]
 
 
-def _pyramid(image: np.ndarray, cfg: DetectorConfig) -> _Pyramid:
+_PYRAMID_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pyramid(image: np.ndarray, cfg: DetectorConfig, threads: int = 1) -> _Pyramid:
+  """The image's pyramid, its levels resampled by `threads` threads at once (one photo
+  alone: numpy's resampling releases the GIL, and the second core has nothing else to do
+  before P-Net starts; several photos at once keep one thread each)."""
+  global _PYRAMID_POOL
   h, w = image.shape[:2]
   sat = integral_image(image)
   levels = pyramid_scales(h, w, cfg.min_face, cfg.factor)
@@ -238,11 +245,24 @@ def _pyramid(image: np.ndarray, cfg: DetectorConfig) -> _Pyramid:
   canvas = np.zeros((height, width, 3), np.float32)
   mask = np.zeros((height - 2, width - 2), bool)
   whole = np.array([[0, h, 0, w]], np.int32)
-  placed = []
-  for (scale, hs, ws), (oy, ox) in zip(levels, offsets):
+  placed = [(scale, hs, ws, oy, ox) for (scale, hs, ws), (oy, ox) in zip(levels, offsets)]
+
+  def resample(level):  # disjoint parts of the canvas: safe from several threads
+    _, hs, ws, oy, ox = level
     canvas[oy:oy + hs, ox:ox + ws] = normalize(area_crops(sat, whole, (hs, ws))[0])
+
+  if threads > 1 and len(placed) > 1:
+    if _PYRAMID_POOL is None:
+      _PYRAMID_POOL = concurrent.futures.ThreadPoolExecutor(2)
+    # the first level holds about half the pixels: it alone on one thread, the rest on the other
+    rest = _PYRAMID_POOL.submit(lambda: [resample(lv) for lv in placed[1:]])
+    resample(placed[0])
+    rest.result()
+  else:
+    for lv in placed:
+      resample(lv)
+  for _, hs, ws, oy, ox in placed:
     mask[oy:oy + hs - 2, ox:ox + ws - 2] = True
-    placed.append((scale, hs, ws, oy, ox))
   return _Pyramid(h, w, sat, canvas, mask, placed)
 
 
@@ -505,7 +525,7 @@ class FaceDetector:
     cfg = self.config
     boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     lms = np.zeros((0, 5, 2), np.float32)
-    pyr = _pyramid(image, cfg)
+    pyr = _pyramid(image, cfg, threads=2 if len(ks) > 1 else 1)
     if pyr.canvas is None:
       return boxes, scores, lms
     at, tiles, masks = _tiles(pyr)

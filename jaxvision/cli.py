@@ -114,6 +114,13 @@ def _add_common_flags(sub) -> None:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   jv_compile.use_cpu_cores()  # before JAX starts: a CPU device per core (detect-faces)
+  early = getattr(args, "early", None)
+  if early is not None:  # a command's own start (reading its inputs) before JAX imports
+    try:
+      early(args)
+    except UserError as e:
+      print(f"jaxvision {args.command}: error: {first_line(e, 1000)}", file=sys.stderr)
+      return 1
   # Before anything compiles: a second run on the same sizes then compiles nothing.
   jv_compile.enable_compile_cache(not args.no_compile_cache)
   from absl import logging as absl_logging

@@ -180,8 +180,41 @@ def test_every_model_is_in_the_tables():
                                       sorted(set(PARAM_COUNTS) - names))
 
 
+def _same_modules() -> dict[str, str]:
+  """{name: an earlier name} for the registered names that, at SMALL's arguments and input,
+  build the very module another does (a flax module is a dataclass: equal fields, equal
+  program): resnet50/101/152 with one block per stage are one network. Their sweep would
+  compile the same program again; `test_same_module_as_a_swept_one` pins the equality and
+  test_parameter_count each depth."""
+  same, firsts = {}, []
+  for n in sorted(SMALL):
+    if n in SWEPT_ELSEWHERE:
+      continue
+    m = models.create(n, **SMALL[n][0])
+    twin = next((f for f, fm in firsts if type(fm) is type(m) and fm == m
+                 and SMALL[f][1] == SMALL[n][1]), None)
+    if twin is None:
+      firsts.append((n, m))
+    else:
+      same[n] = twin
+  return same
+
+
+SAME_AS = _same_modules()
+
+
+def test_same_module_as_a_swept_one():
+  assert SAME_AS, "no twins: the sweep below runs every name"
+  for name, twin in SAME_AS.items():
+    assert twin not in SAME_AS and twin not in SWEPT_ELSEWHERE
+    a, b = models.create(name, **SMALL[name][0]), models.create(twin, **SMALL[twin][0])
+    assert type(a) is type(b) and a == b, (name, twin)
+    assert models.create(name) != models.create(twin), f"{name} is {twin} at any size"
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.longrun) if n in LONG_SWEEP
-                                  else n for n in sorted(SMALL) if n not in SWEPT_ELSEWHERE])
+                                  else n for n in sorted(SMALL)
+                                  if n not in SWEPT_ELSEWHERE and n not in SAME_AS])
 def test_forward_backward_finite(name):
   kwargs, shape = SMALL[name]
   model = models.create(name, **kwargs)

@@ -6,6 +6,7 @@
   folder_outputs(inputs, folder, ext)  OUT/<stem><ext> for each input, refusing clashes
   make_folder(path)                    the output folder, once the model has loaded
   for_each(items, fn, command=...)     the loop: a progress bar, one line per failure
+  ReadAhead(items, fn), read_each      inputs decoded ahead on threads, in order, bounded
   progress(total)                      the bar alone, for a loop of another shape
   say(line)                            a result line on stdout that keeps the bar intact
   positive_int, positive_float,        argparse types for numeric flags: a zero, negative,
@@ -181,8 +182,6 @@ def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict:
   More than PROGRESS_MIN items get a tqdm bar on stderr (only on a terminal: tqdm turns it
   off for pipes and files, so logs hold no bar debris).
   """
-  from tqdm import tqdm
-
   out = Outcome(total=len(items))
   parallel = lanes is not None and len(set(lanes)) > 1 and not strict
   pending = _run_in_lanes(items, fn, lanes) if parallel else None
@@ -202,14 +201,7 @@ def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict:
       except (UserError, OSError) as e:
         if strict:
           raise
-        if isinstance(e, OSError) and not isinstance(e, UserError):
-          why = f"{e.filename or name}: {e.strerror or first_line(e, 1000)}"
-        else:
-          why = first_line(e, 1000)
-        if not why.startswith(name):  # every line starts with the file it is about
-          why = f"{name}: {why}"
-        out.failed.append(name)
-        tqdm.write(f"jaxvision {command}: error: {why}", file=sys.stderr)
+        _failed(out, name, e, command)
       except BaseException:
         if pending is not None:
           for f in pending:
@@ -217,6 +209,107 @@ def for_each(items: Sequence, fn: Callable[[Any], Any], *, command: str, strict:
         raise
       bar.update()
   return out
+
+
+def _failed(out: Outcome, name: str, e: BaseException, command: str) -> None:
+  """Records input `name` as failed and says why in one line that starts with its name."""
+  from tqdm import tqdm
+  if isinstance(e, OSError) and not isinstance(e, UserError):
+    why = f"{e.filename or name}: {e.strerror or first_line(e, 1000)}"
+  else:
+    why = first_line(e, 1000)
+  if not why.startswith(name):  # every line starts with the file it is about
+    why = f"{name}: {why}"
+  out.failed.append(name)
+  tqdm.write(f"jaxvision {command}: error: {why}", file=sys.stderr)
+
+
+class ReadAhead:
+  """Reads `fn(item)` for each item on `threads` daemon threads, in order, ahead of the
+  consumer by at most `window` items and `budget` bytes of results (numpy arrays count
+  their nbytes): a folder of photos is decoded while the command imports JAX and loads
+  its programs, and while it computes on the previous photos, without holding every
+  photo in memory at once (a thousand 12-megapixel photos would be 36 GB decoded). One
+  result larger than the budget is still read, alone.
+
+  Start it as early as the inputs are known (`jaxvision` calls a command's `early` hook
+  before it imports JAX: decoding releases the GIL, so the second core works while the
+  first imports). Iterating yields (item, ok, result or exception) in the items' order;
+  `read_each` applies the many-inputs policy to that. Threads are daemons: a command that
+  stops early leaves at most the reads under way behind and does not wait for them."""
+
+  def __init__(self, items: Sequence, fn: Callable[[Any], Any], threads: int = 2,
+               window: int = 64, budget: int = 512 << 20):
+    self.items = list(items)
+    self._fn = fn
+    self._results: list = [None] * len(self.items)
+    self._done = [threading.Event() for _ in self.items]
+    self._window, self._budget = max(1, window), budget
+    self._cond = threading.Condition()
+    self._next = self._taken = self._held = 0  # started, consumed, bytes not consumed
+    self._closed = False
+    for _ in range(max(1, min(threads, len(self.items)))):
+      threading.Thread(target=self._work, daemon=True).start()
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def _work(self) -> None:
+    while True:
+      with self._cond:
+        self._cond.wait_for(lambda: self._closed or self._next >= len(self.items) or (
+            self._next - self._taken < self._window
+            and (self._held < self._budget or self._next == self._taken)))
+        if self._closed or self._next >= len(self.items):
+          return
+        i = self._next
+        self._next += 1
+      try:
+        result = (True, self._fn(self.items[i]))
+      except BaseException as e:  # noqa: BLE001 - handed to the consumer, in order
+        result = (False, e)
+      size = int(getattr(result[1], "nbytes", 0) or 0)
+      with self._cond:
+        self._results[i] = result + (size,)
+        self._held += size
+      self._done[i].set()
+
+  def __iter__(self):
+    for i, item in enumerate(self.items):
+      self._done[i].wait()
+      (ok, result, size), self._results[i] = self._results[i], None
+      with self._cond:
+        self._taken += 1
+        self._held -= size
+        self._cond.notify_all()
+      yield item, ok, result
+
+  def close(self) -> None:
+    """No further reads start (those under way finish in their daemon threads)."""
+    with self._cond:
+      self._closed = True
+      self._cond.notify_all()
+
+
+def read_each(reader: ReadAhead, *, command: str, strict: bool = False,
+              outcome: Outcome | None = None, label: Callable[[Any], str] = _label):
+  """Yields (label, result) of each input `reader` read, in order, with `for_each`'s
+  policy: a `UserError` or `OSError` is one line on stderr and recorded in `outcome` (the
+  caller ends with `outcome.raise_if_failed()`); with `strict` it propagates unchanged;
+  anything else is a bug and propagates with its traceback."""
+  out = Outcome(total=len(reader)) if outcome is None else outcome
+  try:
+    for item, ok, result in reader:
+      name = label(item)
+      if ok:
+        out.results[name] = None  # the label, in order; the caller keeps what it needs
+        yield name, result
+        continue
+      if strict or not isinstance(result, (UserError, OSError)):
+        raise result
+      _failed(out, name, result, command)
+  finally:
+    reader.close()
 
 
 _CAPTURE = threading.local()  # a lane's `say` lines, kept for the item's turn

@@ -7,7 +7,8 @@ jax and the nets are imported when the command runs, so that `jaxvision --help` 
 """
 from __future__ import annotations
 
-import concurrent.futures
+import collections
+import itertools
 import json
 import os
 import time
@@ -17,12 +18,14 @@ from jaxvision.core.inputs import positive_int
 from jaxvision.core.registry import register_commands, register_face_detector
 
 
-def detect_faces_cmd(args) -> None:
-  import numpy as np
-
+def start_reading(args) -> None:
+  """The command's `early` hook (`jaxvision` calls it before it imports JAX): checks the
+  flags, lists the inputs and starts decoding them on two threads (`inputs.ReadAhead`),
+  so that the photos are read while JAX imports and the programs load."""
   from jaxvision.core import inputs, io
-  from jaxvision.faces import detector
 
+  if getattr(args, "reader", None) is not None:
+    return
   if args.batch < 1:
     raise UserError(f"--batch {args.batch}: must be at least 1")
   if not args.json.lower().endswith(".json"):
@@ -40,10 +43,27 @@ def detect_faces_cmd(args) -> None:
     except OSError as e:
       raise UserError(f"{args.draw}: cannot create the --draw folder ({e.strerror or e})") \
           from None
-  # Folders stand for their image files; grey, palette, RGBA (on white) -> RGB uint8. One
-  # unreadable file among many is one line and the others go on (core.inputs); one file
-  # alone is the command's error, as before.
-  given = inputs.image_files(args.inputs)
+  # Folders stand for their image files; grey, palette, RGBA (on white) -> RGB uint8.
+  args.reader = inputs.ReadAhead(inputs.image_files(args.inputs), io.load_image_file,
+                                 threads=2)
+
+
+def detect_faces_cmd(args) -> None:
+  import numpy as np
+
+  from jaxvision.core import inputs, io
+
+  start_reading(args)  # (done already when `jaxvision` ran the command)
+  reader = args.reader
+  given = reader.items
+  # One unreadable file among many is one line and the others go on (core.inputs); one
+  # file alone is the command's error, as before, said before the detector loads.
+  strict = len(given) == 1 and not inputs.any_folder(args.inputs)
+  outcome = inputs.Outcome(total=len(given))
+  photos = inputs.read_each(reader, command=args.command, strict=strict, outcome=outcome)
+  first = next(photos, None) if strict else None
+
+  from jaxvision.faces import detector
   try:
     if args.checkpoint:
       det = detector.detector_from_workdir(args.checkpoint)
@@ -58,34 +78,43 @@ def detect_faces_cmd(args) -> None:
     if isinstance(e, UserError):
       raise
     raise UserError(first_line(e)) from None
-
-  # The programs compile (or load) while the images are read; one file given alone is read
-  # first, so that an unreadable one is said at once.
-  strict = len(given) == 1 and not inputs.any_folder(args.inputs)
-  read = lambda: inputs.for_each(given, io.load_image_file, command=args.command,
-                                 strict=strict)
-  loaded = read() if strict else None
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    ready = pool.submit(det.prepare, len(given), args.batch)
-    if loaded is None:
-      loaded = read()
-  if not loaded.results:
-    loaded.raise_if_failed()  # nothing to detect in: no JSON either
-  ready.result()
-  images = loaded.results
-  given = list(images)  # the order given, the unreadable left out
+  if first is not None:
+    photos = itertools.chain([first], photos)
 
   t = time.time()
   result: dict[str, list] = {}
+  drawn: set[str] = set()
+
+  def draw(p, image, faces):
+    stem = os.path.splitext(os.path.basename(p))[0]
+    name, n = stem, 1
+    while name in drawn:
+      n += 1
+      name = f"{stem}_{n}"
+    drawn.add(name)
+    io.write_png(os.path.join(args.draw, name + ".png"), detector.draw_faces(image, faces))
+
   if det.config.kind == "mtcnn":
     # Any sizes: MTCNN's programs depend on fixed tile and crop batches, not on the image
-    # size; up to --batch images (one per core) are detected at once.
-    paths = list(images)
-    with inputs.progress(len(paths), unit="image") as bar:
-      for p, faces in zip(paths, det.detect_each([images[p] for p in paths], args.batch)):
+    # size; up to --batch images (one per core) are detected at once, each photo decoded
+    # just ahead of its turn and dropped once its faces (and drawing) are out.
+    queued: collections.deque = collections.deque()
+
+    def feed():
+      for p, im in photos:
+        queued.append((p, im if args.draw else None))
+        yield im
+
+    det.prepare(len(given), args.batch)
+    with inputs.progress(len(given), unit="image") as bar:
+      for faces in det.detect_each(feed(), args.batch, count=len(given)):
+        p, im = queued.popleft()
         result[p] = faces
+        if args.draw:
+          draw(p, im, faces)
         bar.update(1)
   else:  # Cascade CNN: one program per image size, a batch per size
+    images = dict(photos)
     by_size: dict[tuple, list[str]] = {}
     for p, im in images.items():
       by_size.setdefault(im.shape, []).append(p)
@@ -94,23 +123,16 @@ def detect_faces_cmd(args) -> None:
         chunk = paths[i:i + args.batch]
         for p, faces in zip(chunk, det.detect(np.stack([images[p] for p in chunk]))):
           result[p] = faces
-  result = {p: result[p] for p in given}  # the order given
+          if args.draw:
+            draw(p, images[p], faces)
+  if not result:
+    outcome.raise_if_failed()  # nothing to detect in: no JSON either
+  result = {p: result[p] for p in given if p in result}  # the order given
   io.atomic_write_text(args.json, json.dumps(result, indent=1))
-  if args.draw:
-    used: set[str] = set()
-    for p in given:
-      stem = os.path.splitext(os.path.basename(p))[0]
-      name, n = stem, 1
-      while name in used:
-        n += 1
-        name = f"{stem}_{n}"
-      used.add(name)
-      io.write_png(os.path.join(args.draw, name + ".png"),
-                   detector.draw_faces(images[p], result[p]))
   n = sum(len(v) for v in result.values())
   print(f"{len(result)} image(s), {n} face(s) -> {args.json}"
         + (f", drawings in {args.draw}" if args.draw else "") + f" ({time.time() - t:.2f}s)")
-  loaded.raise_if_failed()
+  outcome.raise_if_failed()
 
 
 @register_commands
@@ -137,7 +159,7 @@ def add_commands(sub) -> None:
   p.add_argument("--batch", type=positive_int, default=8,
                  help="images run together (default 8; MTCNN: at most one per CPU core, any "
                  "sizes; Cascade CNN: a batch of one size)")
-  p.set_defaults(func=detect_faces_cmd)
+  p.set_defaults(func=detect_faces_cmd, early=start_reading)
 
 
 def _mtcnn_face_detector(weights: str = "auto", **config):

@@ -24,6 +24,7 @@ pixel coordinates. That geometry is `jaxvision.faces.boxes`, which sample mining
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -559,11 +560,19 @@ class FaceDetector:
     if self.config.kind == "mtcnn":
       self.compile(self._plan(count, threads)[1])
 
-  def _mtcnn_map(self, images, jit: bool, threads: int | None = None):
+  def _mtcnn_map(self, images, jit: bool, threads: int | None = None,
+                 count: int | None = None):
     """Yields `_mtcnn_one` of each image, in order, several images at once: each worker
     thread holds a device of its own while it runs an image (XLA runs the programs of one
-    device one after the other; on a CPU, `jaxvision` makes one device per core)."""
-    n, devices = self._plan(len(images), threads)
+    device one after the other; on a CPU, `jaxvision` makes one device per core).
+
+    `images` may be any iterable (a generator that decodes files as they are asked for):
+    it is read only one image ahead of the workers, so a folder is never all in memory;
+    `count` (default len(images)) is an upper bound on how many come, for the plan."""
+    if count is None:
+      images = list(images)
+      count = len(images)
+    n, devices = self._plan(count, threads)
     if jit:
       self.compile(devices)
     if not jit or n <= 1:  # one image at a time, its calls spread over every device
@@ -582,7 +591,13 @@ class FaceDetector:
         free.put(k)
 
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-      yield from pool.map(run, images)
+      pending: collections.deque = collections.deque()
+      for im in images:  # n running and one waiting: the next starts as one finishes
+        pending.append(pool.submit(run, im))
+        if len(pending) > n:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
 
   def _mtcnn_raw(self, images: list[np.ndarray], jit: bool) -> dict[str, np.ndarray]:
     """Every image through `_mtcnn_one` -> fixed-size arrays of max(stage3, most faces in
@@ -623,14 +638,18 @@ class FaceDetector:
     r = self.raw(images, jit=jit)
     return [self._faces(*t) for t in zip(r["boxes"], r["scores"], r["landmarks"], r["valid"])]
 
-  def detect_each(self, images, threads: int | None = None):
-    """Yields the faces of each image of a list (any sizes), in order, as `detect` gives
-    them; MTCNN works on `threads` images at once (default: one per core, at most 8)."""
+  def detect_each(self, images, threads: int | None = None, count: int | None = None):
+    """Yields the faces of each image of a list or any iterable (any sizes), in order, as
+    `detect` gives them; MTCNN works on `threads` images at once (default: one per core,
+    at most 8), reading an iterable only one image ahead (`count`: at most how many it
+    gives, when it has no len)."""
     if self.config.kind != "mtcnn":
       for im in images:
         yield self.detect(im)[0]
       return
-    for b, s, lm in self._mtcnn_map(images, True, threads):
+    if count is None and hasattr(images, "__len__"):
+      count = len(images)
+    for b, s, lm in self._mtcnn_map(images, True, threads, count):
       yield self._faces(b, s, lm, np.ones(len(b), bool))
 
 

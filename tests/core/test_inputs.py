@@ -122,3 +122,61 @@ def test_for_each_lanes_run_at_once_and_report_in_order(capsys):
 def test_for_each_lanes_do_not_swallow_bugs():
   with pytest.raises(ZeroDivisionError):
     inputs.for_each([1, 0, 2], lambda x: 1 // x, command="x", lanes=[0, 1, 0])
+
+
+def _tracked_reads(sizes, fail=()):
+  """fn for ReadAhead: an array of sizes[i] bytes, raising for the items in `fail`, and
+  a log of how many reads had started when each item was consumed."""
+  import threading
+
+  import numpy as np
+  started = []
+  lock = threading.Lock()
+
+  def fn(i):
+    with lock:
+      started.append(i)
+    if i in fail:
+      raise UserError(f"item{i}: not readable")
+    return np.zeros(sizes[i], np.uint8)
+  return fn, started, lock
+
+
+@pytest.mark.parametrize("window,budget", [(3, 1 << 30), (64, 2500)])
+def test_read_ahead_is_ordered_and_bounded(window, budget):
+  import time
+  sizes = [1000] * 12
+  fn, started, lock = _tracked_reads(sizes, fail={4})
+  reader = inputs.ReadAhead(list(range(12)), fn, threads=2, window=window, budget=budget)
+  time.sleep(0.2)  # give the threads every chance to run ahead
+  with lock:
+    ahead = len(started)
+  # window items, or as many as fit the budget (the one that crosses it included)
+  assert ahead == min(window, -(-budget // 1000))
+  got = []
+  for item, ok, result in reader:
+    got.append((item, ok))
+    with lock:
+      assert len(started) <= item + 1 + min(window, -(-budget // 1000))
+    assert ok == (item != 4) and (ok or "item4" in str(result))
+  assert got == [(i, i != 4) for i in range(12)]
+
+
+def test_read_ahead_reads_one_item_above_the_budget_alone():
+  fn, started, _ = _tracked_reads([10, 5000, 10])
+  reader = inputs.ReadAhead([0, 1, 2], fn, threads=2, budget=100)
+  assert [r.nbytes for _, _, r in reader] == [10, 5000, 10]
+
+
+def test_read_each_reports_failures_and_strict_raises(capsys):
+  fn, _, _ = _tracked_reads([8] * 3, fail={1})
+  out = inputs.Outcome(total=3)
+  got = [name for name, _ in inputs.read_each(inputs.ReadAhead([0, 1, 2], fn), command="x",
+                                              outcome=out)]
+  assert got == ["0", "2"] and out.failed == ["1"]
+  assert capsys.readouterr().err.strip() == "jaxvision x: error: 1: item1: not readable"
+  with pytest.raises(UserError, match="item1"):
+    list(inputs.read_each(inputs.ReadAhead([1], fn), command="x", strict=True))
+  boom = lambda i: 1 / 0
+  with pytest.raises(ZeroDivisionError):  # a bug is not an input's failure
+    list(inputs.read_each(inputs.ReadAhead([0], boom), command="x"))

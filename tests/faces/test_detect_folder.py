@@ -23,7 +23,7 @@ class _Detector:
   def prepare(self, count, threads=None):  # the command compiles while it reads images
     self.prepared = count
 
-  def detect_each(self, images, threads=None):
+  def detect_each(self, images, threads=None, count=None):
     for im in images:
       self.seen.append(im.shape)
       yield [dict(FACE)]

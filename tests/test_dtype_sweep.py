@@ -7,8 +7,9 @@ built with dtype=bfloat16, traced abstractly (`jax.eval_shape`: nothing compiled
     master weights, the mixed-precision recipe the trainer relies on (`model_kwargs`);
   * its outputs are float32 at the model's boundary (the losses compute in float32).
 
-Models of other work without the field yet are listed in WITHOUT_DTYPE (they must refuse
-the kwarg) and WITHOUT_PARAM_DTYPE; both lists are exact, so they only shrink.
+Every registered model has both fields now; a model without them would be listed in
+WITHOUT_DTYPE (it must refuse the kwarg) or WITHOUT_PARAM_DTYPE. Both sets are exact and
+empty: a new model without the pair fails the test.
 
 Numerically, one compiled program per model applies, to the same variables and input, the
 model as built without the kwarg, with dtype=float32 and with dtype=bfloat16:
@@ -49,13 +50,10 @@ CODECS = {"bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean", "mbt20
 # blocks). The rest have the abstract check above.
 NUMERIC = ["mtcnn-pnet", "dncnn", "dlib_resnet"]
 NUMERIC_LONG = ["bmshj2018-hyperprior", "johnson"]
-# Models of other work in progress without the pair yet: each set must be exact (a model
-# that gains the field fails the test until it leaves the set).
-WITHOUT_DTYPE = {"vgg16", "vgg19", "facemesh"}
-WITHOUT_PARAM_DTYPE = WITHOUT_DTYPE | {
-    "can", "can24", "can32", "espcn", "edsr_baseline", "edsr", "wdsr_a", "wdsr_b", "rcan",
-    "johnson_sr", "spp_net", "sid_unet"} | {
-    n for n in SMALL if n.startswith(("resnet", "se_res", "spp_resnet"))}
+# Models without the pair: each set must be exact (a model that gains the field fails the
+# test until it leaves the set). Empty since issue 14 gave every model both fields.
+WITHOUT_DTYPE: set[str] = set()
+WITHOUT_PARAM_DTYPE: set[str] = WITHOUT_DTYPE | set()
 
 
 def _random_variables(shapes, seed: int = 0):

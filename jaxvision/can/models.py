@@ -42,14 +42,17 @@ class AdaptiveNorm(nn.Module):
 
   momentum: float = 0.99
   epsilon: float = 1e-3
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    lam = self.param("lambda", nn.initializers.ones, (), jnp.float32)
-    mu = self.param("mu", nn.initializers.zeros, (), jnp.float32)
+    lam = self.param("lambda", nn.initializers.ones, (), self.param_dtype)
+    mu = self.param("mu", nn.initializers.zeros, (), self.param_dtype)
+    # BN's statistics are computed and kept in float32 whatever x's dtype (flax's
+    # BatchNorm promotes the mean/var reduction); param_dtype is its bias's dtype.
     bn = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                       epsilon=self.epsilon, use_scale=False, dtype=x.dtype,
-                      name="bn")(x)
+                      param_dtype=self.param_dtype, name="bn")(x)
     return lam.astype(x.dtype) * x + mu.astype(x.dtype) * bn
 
 
@@ -61,7 +64,8 @@ class CAN(nn.Module):
   out_channels: int = 3
   negative_slope: float = 0.2
   adaptive_norm: bool = True
-  dtype: Any = jnp.float32  # computation dtype (bf16 on accelerators); params stay f32
+  dtype: Any = jnp.float32  # computation dtype (bf16 on accelerators)
+  param_dtype: Any = jnp.float32  # parameters' dtype (float32 master weights)
 
   def dilations(self) -> list[int]:
     if self.depth < 3:
@@ -80,13 +84,13 @@ class CAN(nn.Module):
     for i, rate in enumerate(self.dilations()):
       h = nn.Conv(self.width, (3, 3), kernel_dilation=rate, padding="SAME",
                   use_bias=not self.adaptive_norm, kernel_init=identity_init,
-                  dtype=self.dtype, conv_general_dilated=layers.conv_general_dilated,
-                  name=f"conv{i + 1}")(h)
+                  dtype=self.dtype, param_dtype=self.param_dtype,
+                  conv_general_dilated=layers.conv_general_dilated, name=f"conv{i + 1}")(h)
       if self.adaptive_norm:
-        h = AdaptiveNorm(name=f"norm{i + 1}")(h, train)
+        h = AdaptiveNorm(param_dtype=self.param_dtype, name=f"norm{i + 1}")(h, train)
       h = nn.leaky_relu(h, self.negative_slope)
     y = nn.Conv(self.out_channels, (1, 1), kernel_init=identity_init,
-                dtype=self.dtype, name="output")(h)
+                dtype=self.dtype, param_dtype=self.param_dtype, name="output")(h)
     return y.astype(jnp.float32)
 
 
@@ -97,8 +101,9 @@ def receptive_radius(depth: int) -> int:
 
 def _make(defaults, kwargs) -> CAN:
   kw = {**defaults, **kwargs}
-  if isinstance(kw.get("dtype"), str):  # configs name dtypes as strings
-    kw["dtype"] = jnp.dtype(kw["dtype"])
+  for k in ("dtype", "param_dtype"):
+    if isinstance(kw.get(k), str):  # configs name dtypes as strings
+      kw[k] = jnp.dtype(kw[k])
   return CAN(**kw)
 
 

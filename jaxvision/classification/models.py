@@ -89,15 +89,17 @@ class SpatialPyramidPool(nn.Module):
 
 
 # ---------------------------------------------------------------- blocks
-def _conv(dtype):
-  return functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+def _conv(dtype, param_dtype=jnp.float32):
+  return functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                            conv_general_dilated=layers.conv_general_dilated)
 
 
-def _norm(train, dtype):
-  # torch momentum 0.1 == flax momentum 0.9; eps as torch
+def _norm(train, dtype, param_dtype=jnp.float32):
+  # torch momentum 0.1 == flax momentum 0.9; eps as torch. The running mean/var
+  # ("batch_stats") are float32 whatever dtype/param_dtype: flax's BatchNorm reduces the
+  # batch statistics in float32 (it promotes bf16 inputs) and stores them so.
   return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=dtype)
+                           epsilon=1e-5, dtype=dtype, param_dtype=param_dtype)
 
 
 class Block(nn.Module):
@@ -113,10 +115,12 @@ class Block(nn.Module):
   downsample: bool = False
   zero_init_last: bool = False
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv, norm = _conv(self.dtype), _norm(train, self.dtype)
+    conv = _conv(self.dtype, self.param_dtype)
+    norm = _norm(train, self.dtype, self.param_dtype)
     last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     s, p1 = (self.stride, self.stride), ((1, 1), (1, 1))
     if self.bottleneck:
@@ -131,7 +135,8 @@ class Block(nn.Module):
       y = nn.relu(norm(name="bn1")(conv(out_ch, (3, 3), s, p1, name="conv1")(x)))
       y = norm(name="bn2", scale_init=last_scale)(conv(out_ch, (3, 3), (1, 1), p1, name="conv2")(y))
     if self.se:
-      y = layers.SqueezeExcite(self.se_reduction, min_channels=8, dtype=self.dtype, name="se")(y)
+      y = layers.SqueezeExcite(self.se_reduction, min_channels=8, dtype=self.dtype,
+                               param_dtype=self.param_dtype, name="se")(y)
     if self.downsample:
       x = norm(name="downsample_bn")(conv(out_ch, (1, 1), s, "VALID", name="downsample_conv")(x))
     return nn.relu(y + x)
@@ -152,7 +157,8 @@ class ResNet(nn.Module):
   spp_levels: Sequence[int] = (6, 3, 2, 1)
   input_norm: str = "imagenet"
   zero_init_last: bool = False  # timm's default True; False lets every weight learn at step 0
-  dtype: Any = None            # compute dtype ("bfloat16" on GPU/TPU); params stay f32
+  dtype: Any = None            # compute dtype ("bfloat16" on GPU/TPU); None: float32
+  param_dtype: Any = jnp.float32  # parameters' dtype (float32 master weights)
   scan: bool = True            # each stage's identical blocks (all but its first) scanned
   remat: bool = False          # recompute the scanned blocks' activations in the backward pass
 
@@ -160,8 +166,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False, features: bool = False):
     if x.ndim != 4:
       raise ValueError(f"ResNet expects NHWC input, got shape {x.shape}")
-    dt = _dtype(self.dtype)
-    conv, norm = _conv(dt), _norm(train, dt)
+    dt, pdt = _dtype(self.dtype), _dtype(self.param_dtype)
+    conv, norm = _conv(dt, pdt), _norm(train, dt, pdt)
     x = _normalize(x, self.input_norm, dt)
     if self.stem == "imagenet":
       x = nn.relu(norm(name="bn1")(conv(self.width, (7, 7), (2, 2), ((3, 3), (3, 3)),
@@ -179,7 +185,7 @@ class ResNet(nn.Module):
       planes = self.width * 2 ** i
       block = dict(planes=planes, bottleneck=self.bottleneck, groups=self.groups,
                    base_width=self.base_width, se=self.se, se_reduction=self.se_reduction,
-                   zero_init_last=self.zero_init_last, dtype=dt)
+                   zero_init_last=self.zero_init_last, dtype=dt, param_dtype=pdt)
       stride = 2 if i > 0 else 1
       # the first block changes stride and width; the others are identical: one scan
       x = Block(**block, stride=stride, downsample=(stride != 1 or in_ch != planes * expansion),
@@ -196,7 +202,8 @@ class ResNet(nn.Module):
       raise ValueError(f"pool {self.pool!r}: choose avg or spp")
     logits = pre
     if self.num_classes:
-      logits = nn.Dense(self.num_classes, dtype=dt, name="fc")(pre).astype(jnp.float32)
+      logits = nn.Dense(self.num_classes, dtype=dt, param_dtype=pdt,
+                        name="fc")(pre).astype(jnp.float32)
     if features:
       return {"logits": logits, "pre_logits": pre, "stages": stages}
     return logits
@@ -213,11 +220,13 @@ class SPPNet(nn.Module):
   dropout: float = 0.5
   input_norm: str = "imagenet"
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, features: bool = False):
-    dt = _dtype(self.dtype)
-    conv = functools.partial(nn.Conv, dtype=dt, conv_general_dilated=layers.conv_general_dilated)
+    dt, pdt = _dtype(self.dtype), _dtype(self.param_dtype)
+    conv = functools.partial(nn.Conv, dtype=dt, param_dtype=pdt,
+                             conv_general_dilated=layers.conv_general_dilated)
     x = _normalize(x, self.input_norm, dt)
     w = self.widths
     pool = lambda y: nn.max_pool(y, (3, 3), (2, 2), ((1, 1), (1, 1)))
@@ -229,10 +238,11 @@ class SPPNet(nn.Module):
     x = stages["stage4"] = nn.relu(conv(w[4], (3, 3), name="conv5")(x))
     y = spatial_pyramid_pool(x.astype(jnp.float32), tuple(self.levels))
     for name in ("fc6", "fc7"):
-      y = nn.relu(nn.Dense(self.fc_dim, dtype=dt, name=name)(y))
+      y = nn.relu(nn.Dense(self.fc_dim, dtype=dt, param_dtype=pdt, name=name)(y))
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
     pre = y.astype(jnp.float32)
-    logits = nn.Dense(self.num_classes, dtype=dt, name="fc8")(y).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, dtype=dt, param_dtype=pdt,
+                      name="fc8")(y).astype(jnp.float32)
     if features:
       return {"logits": logits, "pre_logits": pre, "stages": stages}
     return logits

@@ -111,11 +111,13 @@ class SqueezeExcite(nn.Module):
   reduction: int = 16
   min_channels: int = 1
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     s = buckets.masked_mean(x)  # the plain mean, or the valid region's in a bucket
-    s = nn.Dense(max(self.min_channels, c // self.reduction), dtype=self.dtype, name="fc1")(s)
-    s = nn.Dense(c, dtype=self.dtype, name="fc2")(nn.relu(s))
+    s = nn.Dense(max(self.min_channels, c // self.reduction), dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="fc1")(s)
+    s = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(nn.relu(s))
     return x * nn.sigmoid(s)

@@ -173,6 +173,7 @@ class SIDUNet(nn.Module):
   channels: int = 3
   negative_slope: float = 0.2
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   size_multiple = 16      # in packed (half-resolution) pixels
 
   @nn.compact
@@ -180,7 +181,7 @@ class SIDUNet(nn.Module):
     del train  # no batch statistics
     if x.ndim != 4 or x.shape[-1] != 4:
       raise ValueError(f"SIDUNet expects packed Bayer (N, H/2, W/2, 4) input, got {x.shape}")
-    dt = _dtype(self.dtype)
+    dt, pdt = _dtype(self.dtype), _dtype(self.param_dtype)
     n, h0, w0, _ = x.shape
     m = self.size_multiple
     ph, pw = -h0 % m, -w0 % m
@@ -191,7 +192,7 @@ class SIDUNet(nn.Module):
 
     def block(h, c, name):
       for k in (1, 2):
-        h = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, name=f"{name}_{k}",
+        h = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, param_dtype=pdt, name=f"{name}_{k}",
                     conv_general_dilated=layers.conv_general_dilated)(h)
         h = nn.leaky_relu(h, self.negative_slope)
       return h
@@ -207,10 +208,11 @@ class SIDUNet(nn.Module):
       # SID's upsample_and_concat: a 2x2 stride-2 transposed conv without bias (init
       # N(0, 0.02) truncated), then the skip of the same resolution
       h = nn.ConvTranspose(c, (2, 2), strides=(2, 2), use_bias=False, dtype=dt,
-                           kernel_init=nn.initializers.truncated_normal(0.02),
+                           param_dtype=pdt, kernel_init=nn.initializers.truncated_normal(0.02),
                            name=f"up{i}")(h)
       h = block(jnp.concatenate([h, skips.pop()], axis=-1), c, f"conv{i}")
-    y = nn.Conv(4 * self.channels, (1, 1), dtype=dt, name="conv10")(h).astype(jnp.float32)
+    y = nn.Conv(4 * self.channels, (1, 1), dtype=dt, param_dtype=pdt,
+                name="conv10")(h).astype(jnp.float32)
     return depth_to_space(y, 2)[:, :2 * h0, :2 * w0]
 
 

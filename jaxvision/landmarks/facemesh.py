@@ -37,7 +37,7 @@ bilinearly (for the registry sweep and odd callers; the predictor crops at 192).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,16 @@ def _width(c: int, width: float) -> int:
   return max(1, int(round(c * width)))
 
 
+def _cast(dtype, *arrays):
+  """The arrays in the compute dtype; dtype None leaves them as they are (float32 input
+  and parameters: the float32 graph, bit for bit the one before the dtype fields)."""
+  return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+
+
+def _dtype(d):
+  return jnp.dtype(d) if isinstance(d, str) else d
+
+
 def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """TensorFlow's SAME padding of one axis: (before, after), the extra pixel after."""
   out = math.ceil(size / stride)
@@ -65,10 +75,14 @@ def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class PReLU(nn.Module):
   """max(x, 0) + alpha * min(x, 0), one alpha per channel (TFLite PRELU, alpha (1, 1, C))."""
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],))
+    alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],),
+                       self.param_dtype)
+    x, alpha = _cast(self.dtype, x, alpha)
     return jnp.where(x >= 0, x, alpha * x)
 
 
@@ -86,12 +100,15 @@ class Depthwise(nn.Module):
   kernel_size: int
   stride: int
   pads: tuple
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     k, s, c = self.kernel_size, self.stride, x.shape[-1]
-    w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c))
-    b = self.param("bias", nn.initializers.zeros, (c,))
+    w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), self.param_dtype)
+    b = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    x, w, b = _cast(self.dtype, x, w, b)
     xp = jnp.pad(x, [(0, 0), self.pads[0], self.pads[1], (0, 0)])
     ho = (xp.shape[1] - k) // s + 1
     wo = (xp.shape[2] - k) // s + 1
@@ -106,11 +123,15 @@ class _Pointwise(nn.Module):
   """A 1x1 conv as a matrix product over the channels, with flax Conv's parameters
   (kernel (1, 1, I, O), bias (O,))."""
   features: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    w = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
+    w = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features),
+                   self.param_dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, w, b = _cast(self.dtype, x, w, b)
     return jnp.einsum("bhwi,io->bhwo", x, w[0, 0]) + b
 
 
@@ -122,19 +143,22 @@ class TFConv(nn.Module):
   stride: int = 1
   padding: str = "VALID"
   depthwise: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.padding == "SAME":
       pads = tuple(tf_same_pads(x.shape[i], self.kernel, self.stride) for i in (1, 2))
     else:
       pads = ((0, 0), (0, 0))
     if self.depthwise:
-      return Depthwise(self.kernel, self.stride, pads, name="conv")(x)
+      return Depthwise(self.kernel, self.stride, pads, **dt, name="conv")(x)
     if self.kernel == 1 and self.stride == 1:   # a matrix product (XLA:CPU runs it faster)
-      return _Pointwise(self.features, name="conv")(x)
+      return _Pointwise(self.features, **dt, name="conv")(x)
     return nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=pads,
-                   name="conv")(x)
+                   **dt, name="conv")(x)
 
 
 class Block(nn.Module):
@@ -142,19 +166,21 @@ class Block(nn.Module):
   a max-pooled / channel-padded shortcut, the sum through a PReLU."""
   features: int
   stride: int = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    cin = x.shape[-1]
-    h = TFConv(cin, 3, self.stride, "SAME", depthwise=True, name="dw")(x)
-    h = TFConv(self.features, 1, name="pw")(h)
+    cin, dt = x.shape[-1], dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = TFConv(cin, 3, self.stride, "SAME", depthwise=True, **dt, name="dw")(x)
+    h = TFConv(self.features, 1, **dt, name="pw")(h)
     s = x
     if self.stride == 2:   # 2x2/2 VALID max pool (a reshape: XLA:CPU's reduce_window is slow)
       n, hh, ww, _ = s.shape
       s = s[:, :hh // 2 * 2, :ww // 2 * 2].reshape(n, hh // 2, 2, ww // 2, 2, cin).max((2, 4))
     if self.features > cin:
       s = jnp.pad(s, [(0, 0)] * 3 + [(0, self.features - cin)])
-    return PReLU(name="prelu")(s + h)
+    return PReLU(**dt, name="prelu")(s + h)
 
 
 class Head(nn.Module):
@@ -162,15 +188,18 @@ class Head(nn.Module):
   blocks: Sequence[tuple[int, int]]
   outputs: int
   width: float = 1.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     w = lambda c: _width(c, self.width)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i, (c, s) in enumerate(self.blocks):
-      x = Block(w(c), s, name=f"block_{i}")(x)
-    x = PReLU(name="reduce_prelu")(TFConv(w(32), 1, name="reduce")(x))
-    x = Block(w(32), 1, name=f"block_{len(self.blocks)}")(x)
-    return TFConv(self.outputs, 3, 3, name="out")(x)   # 3x3 -> 1x1 (stride 3 as in the file)
+      x = Block(w(c), s, **dt, name=f"block_{i}")(x)
+    x = PReLU(**dt, name="reduce_prelu")(TFConv(w(32), 1, **dt, name="reduce")(x))
+    x = Block(w(32), 1, **dt, name=f"block_{len(self.blocks)}")(x)
+    return TFConv(self.outputs, 3, 3, **dt, name="out")(x)   # 3x3 -> 1x1 (stride 3, the file's)
 
 
 class FaceMesh(nn.Module):
@@ -178,23 +207,28 @@ class FaceMesh(nn.Module):
   {"landmarks": (B, P, 3) crop pixels, "face_flag": (B,) logits}.
 
   `width` multiplies every channel count (1.0: MediaPipe's network, the only one with
-  weights; smaller widths are for quick tests of the structure)."""
+  weights; smaller widths are for quick tests of the structure). `dtype` is the compute
+  dtype (None: the float32 graph of the file; bfloat16 on accelerators), `param_dtype` the
+  parameters' (float32: the converted weights as read); the outputs are float32."""
   num_points: int = 468
   width: float = 1.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if x.shape[1] != INPUT_SIZE or x.shape[2] != INPUT_SIZE:
       x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[3]), "bilinear")
     w = lambda c: _width(c, self.width)
-    x = PReLU(name="stem_prelu")(TFConv(w(16), 3, 2, "SAME", name="stem")(x))
+    dt = dict(dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype))
+    x = PReLU(**dt, name="stem_prelu")(TFConv(w(16), 3, 2, "SAME", **dt, name="stem")(x))
     for i, (c, s) in enumerate(BACKBONE):
-      x = Block(w(c), s, name=f"block_{i}")(x)
-    mesh = Head(MESH_BLOCKS, 3 * self.num_points, self.width, name="mesh")(x)
-    flag = Head(FLAG_BLOCKS, 1, self.width, name="flag")(x)
+      x = Block(w(c), s, **dt, name=f"block_{i}")(x)
+    mesh = Head(MESH_BLOCKS, 3 * self.num_points, self.width, **dt, name="mesh")(x)
+    flag = Head(FLAG_BLOCKS, 1, self.width, **dt, name="flag")(x)
     b = x.shape[0]
-    return {"landmarks": mesh.reshape(b, self.num_points, 3),
-            "face_flag": flag.reshape(b)}
+    return {"landmarks": mesh.reshape(b, self.num_points, 3).astype(jnp.float32),
+            "face_flag": flag.reshape(b).astype(jnp.float32)}
 
 
 @register_model("facemesh")

@@ -68,9 +68,9 @@ def _dtype(d):
   return jnp.dtype(d) if isinstance(d, str) else d
 
 
-def _conv(features, k, dtype, name, **kw):
-  return nn.Conv(features, (k, k), padding="SAME", dtype=dtype, name=name,
-                 conv_general_dilated=layers.conv_general_dilated, **kw)
+def _conv(features, k, dtype, name, param_dtype=jnp.float32, **kw):
+  return nn.Conv(features, (k, k), padding="SAME", dtype=dtype, param_dtype=param_dtype,
+                 name=name, conv_general_dilated=layers.conv_general_dilated, **kw)
 
 
 def _mean(rgb_range: float) -> jnp.ndarray:
@@ -92,11 +92,12 @@ class Upsampler(nn.Module):
   features: int
   scale: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i, r in enumerate(_upsampler_convs(self.scale)):
-      x = _conv(self.features * r * r, 3, self.dtype, f"{2 * i}")(x)
+      x = _conv(self.features * r * r, 3, self.dtype, f"{2 * i}", self.param_dtype)(x)
       x = pixel_shuffle(x, r)
     return x
 
@@ -174,6 +175,7 @@ class ESPCN(nn.Module):
   residual: bool = False
   channels: str = "rgb"
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   local = True
 
   def receptive_radius(self) -> int:
@@ -195,11 +197,12 @@ class ESPCN(nn.Module):
     return y + bicubic_upscale(x, self.scale) if self.residual else y
 
   def _net(self, x):
-    h = x.astype(self.dtype)
-    h = jnp.tanh(_conv(self.features[0], 5, self.dtype, "conv1")(h))
-    h = jnp.tanh(_conv(self.features[1], 3, self.dtype, "conv2")(h))
+    dt, pdt = self.dtype, self.param_dtype
+    h = x.astype(dt)
+    h = jnp.tanh(_conv(self.features[0], 5, dt, "conv1", pdt)(h))
+    h = jnp.tanh(_conv(self.features[1], 3, dt, "conv2", pdt)(h))
     init = nn.initializers.zeros if self.residual else nn.initializers.lecun_normal()
-    h = _conv(x.shape[-1] * self.scale ** 2, 3, self.dtype, "conv3", kernel_init=init)(h)
+    h = _conv(x.shape[-1] * self.scale ** 2, 3, dt, "conv3", pdt, kernel_init=init)(h)
     return pixel_shuffle(h, self.scale).astype(jnp.float32)
 
 
@@ -210,11 +213,12 @@ class ResBlock(nn.Module):
   features: int
   res_scale: float = 1.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0")(x))
-    h = _conv(self.features, 3, self.dtype, "body_2")(h)
+    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0", self.param_dtype)(x))
+    h = _conv(self.features, 3, self.dtype, "body_2", self.param_dtype)(h)
     return x + h * self.res_scale
 
 
@@ -225,6 +229,7 @@ class EDSR(nn.Module):
   res_scale: float = 1.0
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   scan: bool = True    # the residual blocks as one scanned loop (jaxvision.core.scan)
   remat: bool = False  # recompute the blocks' activations in the backward pass
   local = True
@@ -236,15 +241,16 @@ class EDSR(nn.Module):
   def __call__(self, x, train: bool = False):
     del train
     mean = _mean(self.rgb_range)
-    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
-    h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
+    dt, pdt = self.dtype, self.param_dtype
+    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(dt)
+    h = _conv(self.n_feats, 3, dt, "head_0", pdt)(h)
     res = scan.repeat(self, ResBlock, dict(features=self.n_feats, res_scale=self.res_scale,
-                                           dtype=self.dtype),
+                                           dtype=dt, param_dtype=pdt),
                       [f"body_{i}" for i in range(self.n_resblocks)], h,
                       scan=self.scan, remat=self.remat)
-    res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resblocks}")(res)
-    h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
-    h = _conv(3, 3, self.dtype, "tail_1")(h)
+    res = _conv(self.n_feats, 3, dt, f"body_{self.n_resblocks}", pdt)(res)
+    h = Upsampler(self.n_feats, self.scale, dt, pdt, name="tail_0")(res + h)
+    h = _conv(3, 3, dt, "tail_1", pdt)(h)
     return (h.astype(jnp.float32) + mean) / self.rgb_range
 
 
@@ -257,14 +263,15 @@ class WNConv(nn.Module):
   features: int
   kernel: int
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     shape = (self.kernel, self.kernel, x.shape[-1], self.features)
-    v = self.param("v", nn.initializers.lecun_normal(), shape, jnp.float32)
+    v = self.param("v", nn.initializers.lecun_normal(), shape, self.param_dtype)
     norm = lambda a: jnp.sqrt(jnp.sum(a * a, axis=(0, 1, 2)))
-    g = self.param("g", lambda _: norm(v))
-    b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    g = self.param("g", lambda _: norm(v))  # v's dtype (param_dtype)
+    b = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     w = v * (g / jnp.maximum(norm(v), 1e-12))
     x = buckets.apply_mask(x)  # no nn.Conv: zero the padding of a shape bucket here
     y = layers.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), (1, 1), "SAME",
@@ -282,14 +289,16 @@ class WDSRBlock(nn.Module):
   linear: float
   res_scale: float
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    f, dt = self.features, self.dtype
-    r = nn.relu(WNConv(f * self.expansion, 3 if self.kind == "a" else 1, dtype=dt, name="0")(h))
+    f, dt, pdt = self.features, self.dtype, self.param_dtype
+    r = nn.relu(WNConv(f * self.expansion, 3 if self.kind == "a" else 1, dtype=dt,
+                       param_dtype=pdt, name="0")(h))
     if self.kind == "b":
-      r = WNConv(int(f * self.linear), 1, dtype=dt, name="1")(r)
-    r = WNConv(f, 3, dtype=dt, name="2")(r)
+      r = WNConv(int(f * self.linear), 1, dtype=dt, param_dtype=pdt, name="1")(r)
+    r = WNConv(f, 3, dtype=dt, param_dtype=pdt, name="2")(r)
     return h + r * self.res_scale
 
 
@@ -305,6 +314,7 @@ class WDSR(nn.Module):
   res_scale: float = 1.0
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   scan: bool = True
   remat: bool = False
   local = True
@@ -316,30 +326,30 @@ class WDSR(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    s, f, dt = self.scale, self.n_feats, self.dtype
+    s, f, dt, pdt = self.scale, self.n_feats, self.dtype, self.param_dtype
     if self.kind not in ("a", "b"):
       raise ValueError(f"wdsr kind must be 'a' or 'b', got {self.kind!r}")
     expansion = self.expansion or (4 if self.kind == "a" else 6)
     mean = _mean(self.rgb_range)
     half = self.rgb_range / 2  # WDSR normalises to about [-1, 1]
     h0 = ((x.astype(jnp.float32) * self.rgb_range - mean) / half).astype(dt)
-    h = WNConv(f, 3, dtype=dt, name="head")(h0)
+    h = WNConv(f, 3, dtype=dt, param_dtype=pdt, name="head")(h0)
     convs = ("0", "1", "2") if self.kind == "b" else ("0", "2")
     if self.scan:
       h = scan.repeat(self, WDSRBlock, dict(kind=self.kind, features=f, expansion=expansion,
                                             linear=self.linear, res_scale=self.res_scale,
-                                            dtype=dt),
+                                            dtype=dt, param_dtype=pdt),
                       [{c: f"body_{i}_{c}" for c in convs} for i in range(self.n_resblocks)],
                       h, remat=self.remat)
     for i in range(0 if self.scan else self.n_resblocks):  # the unrolled reference
       r = nn.relu(WNConv(f * expansion, 3 if self.kind == "a" else 1, dtype=dt,
-                         name=f"body_{i}_0")(h))
+                         param_dtype=pdt, name=f"body_{i}_0")(h))
       if self.kind == "b":
-        r = WNConv(int(f * self.linear), 1, dtype=dt, name=f"body_{i}_1")(r)
-      r = WNConv(f, 3, dtype=dt, name=f"body_{i}_2")(r)
+        r = WNConv(int(f * self.linear), 1, dtype=dt, param_dtype=pdt, name=f"body_{i}_1")(r)
+      r = WNConv(f, 3, dtype=dt, param_dtype=pdt, name=f"body_{i}_2")(r)
       h = h + r * self.res_scale
-    y = pixel_shuffle(WNConv(3 * s * s, 3, dtype=dt, name="tail")(h), s)
-    y = y + pixel_shuffle(WNConv(3 * s * s, 5, dtype=dt, name="skip")(h0), s)
+    y = pixel_shuffle(WNConv(3 * s * s, 3, dtype=dt, param_dtype=pdt, name="tail")(h), s)
+    y = y + pixel_shuffle(WNConv(3 * s * s, 5, dtype=dt, param_dtype=pdt, name="skip")(h0), s)
     return (y.astype(jnp.float32) * half + mean) / self.rgb_range
 
 
@@ -350,12 +360,14 @@ class RCAB(nn.Module):
   features: int
   reduction: int = 16
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0")(x))
-    h = _conv(self.features, 3, self.dtype, "body_2")(h)
-    h = layers.SqueezeExcite(self.reduction, dtype=self.dtype, name="ca")(h)
+    h = nn.relu(_conv(self.features, 3, self.dtype, "body_0", self.param_dtype)(x))
+    h = _conv(self.features, 3, self.dtype, "body_2", self.param_dtype)(h)
+    h = layers.SqueezeExcite(self.reduction, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name="ca")(h)
     return x + h
 
 
@@ -364,16 +376,18 @@ class ResidualGroup(nn.Module):
   n_resblocks: int
   reduction: int = 16
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   scan: bool = True
   remat: bool = False
 
   @nn.compact
   def __call__(self, x):
     h = scan.repeat(self, RCAB, dict(features=self.features, reduction=self.reduction,
-                                     dtype=self.dtype),
+                                     dtype=self.dtype, param_dtype=self.param_dtype),
                     [f"body_{i}" for i in range(self.n_resblocks)], x,
                     scan=self.scan, remat=self.remat)
-    return x + _conv(self.features, 3, self.dtype, f"body_{self.n_resblocks}")(h)
+    return x + _conv(self.features, 3, self.dtype, f"body_{self.n_resblocks}",
+                     self.param_dtype)(h)
 
 
 class RCAN(nn.Module):
@@ -384,6 +398,7 @@ class RCAN(nn.Module):
   reduction: int = 16
   rgb_range: float = 255.0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   scan: bool = True    # groups and blocks as nested scanned loops (jaxvision.core.scan)
   remat: bool = False  # recompute each block's activations in the backward pass
   local = False  # channel attention averages over the whole image
@@ -396,16 +411,17 @@ class RCAN(nn.Module):
   def __call__(self, x, train: bool = False):
     del train
     mean = _mean(self.rgb_range)
-    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(self.dtype)
-    h = _conv(self.n_feats, 3, self.dtype, "head_0")(h)
-    group = dict(features=self.n_feats, n_resblocks=self.n_resblocks,
-                 reduction=self.reduction, dtype=self.dtype, scan=self.scan, remat=self.remat)
+    dt, pdt = self.dtype, self.param_dtype
+    h = (x.astype(jnp.float32) * self.rgb_range - mean).astype(dt)
+    h = _conv(self.n_feats, 3, dt, "head_0", pdt)(h)
+    group = dict(features=self.n_feats, n_resblocks=self.n_resblocks, reduction=self.reduction,
+                 dtype=dt, param_dtype=pdt, scan=self.scan, remat=self.remat)
     # remat on the blocks inside the groups, not again on the groups
     res = scan.repeat(self, ResidualGroup, group, [f"body_{g}" for g in range(self.n_resgroups)],
                       h, scan=self.scan)
-    res = _conv(self.n_feats, 3, self.dtype, f"body_{self.n_resgroups}")(res)
-    h = Upsampler(self.n_feats, self.scale, self.dtype, name="tail_0")(res + h)
-    h = _conv(3, 3, self.dtype, "tail_1")(h)
+    res = _conv(self.n_feats, 3, dt, f"body_{self.n_resgroups}", pdt)(res)
+    h = Upsampler(self.n_feats, self.scale, dt, pdt, name="tail_0")(res + h)
+    h = _conv(3, 3, dt, "tail_1", pdt)(h)
     return (h.astype(jnp.float32) + mean) / self.rgb_range
 
 
@@ -418,6 +434,7 @@ class JohnsonSR(nn.Module):
   features: int = 64
   n_resblocks: int = 4
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32  # BN's running mean/var stay float32 whatever (flax's)
   local = True  # batch norm uses running averages at inference
 
   def receptive_radius(self) -> int:
@@ -425,27 +442,28 @@ class JohnsonSR(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    f, dt = self.features, self.dtype
+    f, dt, pdt = self.features, self.dtype, self.param_dtype
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dt,
-                                   name=name)
+                                   param_dtype=pdt, name=name)
     h = x.astype(dt) * 2.0 - 1.0
-    h = nn.relu(bn("bn_in")(_conv(f, 9, dt, "conv_in")(h)))
+    h = nn.relu(bn("bn_in")(_conv(f, 9, dt, "conv_in", pdt)(h)))
     for i in range(self.n_resblocks):
-      r = nn.relu(bn(f"res{i}_bn1")(_conv(f, 3, dt, f"res{i}_conv1")(h)))
-      h = h + bn(f"res{i}_bn2")(_conv(f, 3, dt, f"res{i}_conv2")(r))
+      r = nn.relu(bn(f"res{i}_bn1")(_conv(f, 3, dt, f"res{i}_conv1", pdt)(h)))
+      h = h + bn(f"res{i}_bn2")(_conv(f, 3, dt, f"res{i}_conv2", pdt)(r))
     for i in range(int(math.log2(self.scale))):
       h = nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME", dtype=dt,
-                           name=f"up{i}")(h)
+                           param_dtype=pdt, name=f"up{i}")(h)
       h = nn.relu(bn(f"up{i}_bn")(h))
-    h = _conv(3, 9, dt, "conv_out")(h)
+    h = _conv(3, 9, dt, "conv_out", pdt)(h)
     return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0
 
 
 # ---------------------------------------------------------------- registry
 def _kw(kwargs):
   kw = dict(kwargs)
-  if "dtype" in kw:
-    kw["dtype"] = _dtype(kw["dtype"])
+  for k in ("dtype", "param_dtype"):  # configs name dtypes as strings
+    if k in kw:
+      kw[k] = _dtype(kw[k])
   return kw
 
 

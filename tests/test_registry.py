@@ -61,6 +61,8 @@ SMALL = {
     "dlib_ert_5": ({"num_cascades": 2, "num_trees": 3, "depth": 2, "num_features": 4},
                    (1, 16, 16, 3)),
     "pfld": ({"width": 0.25, "input_size": 32, "repeats": (1, 1)}, (1, 32, 32, 3)),
+    "cfan": ({"input_size": 32, "global_size": 8, "num_stages": 1, "global_hidden": (8,),
+              "local_hidden": (8,)}, (1, 32, 32, 3)),
     "facemesh": ({"width": 0.125}, (1, 192, 192, 3)),   # 192 x 192 in, as the file has it
     # denoising and deep ISP
     "dncnn": ({"depth": 3, "features": 4}, (1, 16, 16, 3)),
@@ -141,6 +143,9 @@ PARAM_COUNTS = {
     "dlib_ert_68": 16_447_636,
     "dlib_ert_5": 1_336_510,
     "pfld": 1_681_451,
+    # CFAN at the paper's sizes as recalled: a 50 x 50 global SAN 2500-1600-900-400-136 and
+    # three local SANs 2176 (68 points x 32 descriptor values)-1600-900-400-136
+    "cfan": 21_874_544,
     # MediaPipe's face_landmark.tflite: the sum of its 113 float constants
     "facemesh": 604_685,
     # denoising: from the papers' layer tables (DnCNN RGB, Noise2Noise's U-Net, HDRNet)

@@ -75,6 +75,42 @@ def round_like_dlib(x: jax.Array) -> jax.Array:
   return jnp.floor(x + 0.5)
 
 
+def _gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
+  """table[rows] for a 2-D table and 1-D in-bounds row indices: one gather of whole
+  rows (slice (1, width)), which XLA:CPU emits as row copies; the indices are the
+  caller's own (split and leaf numbers checked when the file was read), so no clamp."""
+  dn = jax.lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(0,),
+                                      start_index_map=(0,))
+  return jax.lax.gather(table, rows[:, None], dn, (1, table.shape[1]),
+                        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _walk_trees(vals: jax.Array, ix: jax.Array, thr: jax.Array, depth: int) -> jax.Array:
+  """The leaf each face reaches in each tree: vals (F, B) feature-pixel intensities (the
+  batch last), ix (T, S, 2) split pixel indices, thr (T, S) -> (T, B) int32 leaf numbers.
+
+  Every split of every tree is decided first, go[t, i, b] = value[idx1] - value[idx2] >
+  thresh (True: to the left child 2i + 1), with row gathers of the (F, B) values; the
+  path is then followed level by level with selects among the level's 2^d nodes. XLA
+  fuses all of it into one loop over (T, B); the former level-by-level gathers (node
+  -> split indices -> values) made 3 dependent gathers per level and ran 1.5x slower.
+  The comparison is dlib's own, in float32, on integer intensities: the differences are
+  exact, so every face takes dlib's branches."""
+  t, s = thr.shape
+  b = vals.shape[1]
+  a = _gather_rows(vals, ix[..., 0].reshape(-1)).reshape(t, s, b)
+  c = _gather_rows(vals, ix[..., 1].reshape(-1)).reshape(t, s, b)
+  go = a - c > thr[..., None]                                   # (T, S, B)
+  node = jnp.zeros((t, b), jnp.int32)
+  for d in range(depth):
+    lo = 2 ** d - 1
+    left = go[:, lo]
+    for k in range(1, 2 ** d):
+      left = jnp.where(node == lo + k, go[:, lo + k], left)
+    node = jnp.where(left, 2 * node + 1, 2 * node + 2)
+  return node - s
+
+
 class DlibERT(nn.Module):
   """dlib's shape predictor (Kazemi & Sullivan 2014, an ensemble of regression trees),
   batched over faces.
@@ -148,29 +184,36 @@ class DlibERT(nn.Module):
       v = flat[image_index[:, None] * (h * w) + yi * w + xi]
       return jnp.where(inside, v, 0.0)
 
+    # The leaf table as rows (C * T * L, 2P): a bitcast of the stored (C, T, L, P, 2)
+    # array, so converted files and workdirs load unchanged; the scan indexes it with the
+    # cascade number instead of slicing a (T, L, P, 2) block out of it as an `xs`
+    # (a 4 MB copy per cascade).
+    leaf_rows = leaves.reshape(c * t * (s + 1), 2 * p).astype(jnp.float32)
+    unroll = max(1, min(25, t))
+
     def cascade(shape, xs):                            # shape (B, P, 2)
-      thr, leaf, delta, ix, anc = xs
+      ci, thr, delta, ix, anc = xs
       m = similarity_2x2(jnp.broadcast_to(initial, shape.shape), shape)   # (B, 2, 2)
       pts = jnp.einsum("bij,fj->bfi", m, delta) + shape[:, anc]           # (B, F, 2)
-      vals = sample(pts)
-      node = jnp.zeros((b, t), jnp.int32)
-      trees = jnp.arange(t)
-      for _ in range(self.depth):
-        i1 = ix[trees[None], node]                                       # (B, T, 2)
-        a = jnp.take_along_axis(vals, i1[..., 0], 1)
-        bb = jnp.take_along_axis(vals, i1[..., 1], 1)
-        node = jnp.where(a - bb > thr[trees[None], node], 2 * node + 1, 2 * node + 2)
-      # sum_t leaf[t, leaf_t]: a gather of whole (P, 2) leaf rows and a sum over trees.
-      # (Measured alternatives, slower on this CPU: a one-hot (B, T*L) x (T*L, 2P) matrix
-      # product, 2-20x; the sum in cache-sized chunks of trees, no faster and 8x the
-      # compile time.)
-      inc = leaf[trees[None], node - s].sum(1)                           # (B, P, 2)
-      return shape + inc, None
+      vals = sample(pts).T                                                # (F, B)
+      leaf = _walk_trees(vals, ix, thr, self.depth)                       # (T, B)
+      rows = (ci * t + jnp.arange(t)[:, None]) * (s + 1) + leaf          # (T, B)
+
+      # dlib's order: the shape plus tree 0's leaf, plus tree 1's, ... one (B, 2P)
+      # row gather and add per tree. A loop over the trees (unrolled by 25) keeps the
+      # accumulator in cache; the gather of all (T, B, 2P) rows and a sum over trees
+      # (the former code) wrote and re-read 17 MB per cascade at batch 64 and was 2.5x
+      # slower. The sum being in dlib's order is also what keeps the points identical.
+      def add_tree(k, acc):
+        return acc + _gather_rows(leaf_rows, jax.lax.dynamic_index_in_dim(rows, k, 0, False))
+
+      acc = jax.lax.fori_loop(0, t, add_tree, shape.reshape(b, 2 * p), unroll=unroll)
+      return acc.reshape(b, p, 2), None
 
     # A scan over the cascades (one compiled body): unrolling the 15 cascades compiled
     # 5-8x longer and ran no faster at batch 64 in our measurements.
     shape0 = jnp.broadcast_to(initial, (b, p, 2)).astype(jnp.float32)
-    shape, _ = jax.lax.scan(cascade, shape0, (thresh, leaves, deltas, idx, anchor))
+    shape, _ = jax.lax.scan(cascade, shape0, (jnp.arange(c), thresh, deltas, idx, anchor))
     return rect_to_image(shape, rects)
 
 
@@ -303,3 +346,5 @@ def pfld(**kw) -> PFLD:
 # The architecture is its own file (facemesh.py); importing it here registers `facemesh`
 # with the family's other models.
 from jaxvision.landmarks.facemesh import FaceMesh, facemesh  # noqa: E402,F401
+# CFAN (coarse-to-fine auto-encoders) is its own file too (cfan.py).
+from jaxvision.landmarks.cfan import CFAN, cfan  # noqa: E402,F401

@@ -19,7 +19,7 @@ from jaxvision.core import buckets
 from jaxvision.core.errors import CheckpointError, UserError
 
 MODELS = ("dlib_ert_68", "dlib_ert_5")
-TRAINED = ("pfld",)
+TRAINED = ("pfld", "cfan")   # crop -> unit-frame points networks
 FACEMESH = "facemesh"
 
 # MediaPipe's face landmark ROI (face_detection_front_detection_to_roi.pbtxt and

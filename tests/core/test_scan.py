@@ -78,6 +78,8 @@ def test_scanned_equals_unrolled(name):
   assert flops.count_flops(run_s, v) == flops.count_flops(run_u, v) > 0
 
 
+# longrun (20 s of the README's run): remat recomputes; scanned == unrolled stays in both.
+@pytest.mark.longrun
 def test_remat_gives_the_same_gradients():
   model = MODELS["rcan"]
   v = model().init(jax.random.PRNGKey(1), X)

@@ -204,6 +204,8 @@ def test_stylize_optimize_defaults_to_vgg19_and_the_papers_layers(tmp_path, caps
   assert Image.open(tmp_path / "o.png").size == (48, 40)
 
 
+# longrun (15 s of the README's run): the paper's reflection-padding variant.
+@pytest.mark.longrun
 def test_johnson_paper_padding():
   """padding="valid" (configs/johnson.py's default): a 40-px reflection-padded input and
   unpadded residual convolutions with 2-px-cropped shortcuts; the same parameters as the

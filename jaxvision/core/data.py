@@ -528,7 +528,12 @@ class ImageSource:
     if name:
       what += f" ({name})"
     return {"image": decode_image(rec[self.image_key], what), "index": i,
-            "name": str(name) if name else str(i), "dataset_id": self.dataset_id}
+            "name": str(name) if name else str(i), "dataset_id": self.dataset_id,
+            **self._fields(rec)}
+
+  def _fields(self, rec) -> dict[str, Any]:
+    """A subclass's further fields of record `rec` (its labels), beside the image."""
+    return {}
 
   def __getstate__(self):
     state = self.__dict__.copy()

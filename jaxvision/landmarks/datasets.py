@@ -37,7 +37,6 @@ import tensorflow_datasets as tfds
 
 from jaxvision.core import data as jv_data
 from jaxvision.core.errors import DataError
-from jaxvision.core.io import decode_image
 
 ATTRIBUTES = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
 NUM_POINTS = {"300w": 68, "wflw": 98}
@@ -277,53 +276,32 @@ def prepare(name: str, data_dir: str | None = None, manual: str = "") -> str:
   return bdir
 
 
-class LandmarkSource:
-  """Picklable random-access reader of one split of a prepared landmark dataset.
+class LandmarkSource(jv_data.ImageSource):
+  """Picklable random-access reader of one split of a prepared landmark dataset
+  (`core.data.ImageSource` with the labels).
 
   source[i] -> {"image" (H, W, 3) uint8, "points" (P, 2) float32, "box" (4,) float32,
-  "attributes" (6,) int32, "name", "index"}. `split` may be tfds split arithmetic; 300-W's
-  "full" reads "common+challenging"."""
+  "attributes" (6,) int32, "name", "index", "dataset_id"}. `split` may be tfds split
+  arithmetic; 300-W's "full" reads "common+challenging"."""
 
   def __init__(self, name: str, split: str, builder_dir: str):
     if split not in SPLITS[name]:
       raise DataError(f"tfds:{name}: unknown split {split!r}; choose "
                       f"{', '.join(SPLITS[name])}")
-    self.name, self.split, self.builder_dir = name, split, builder_dir
-    self._tfds_split = "common+challenging" if (name, split) == ("300w", "full") else split
-    self._ds = None
-    self._len = len(self._data())
+    self.name = name
+    super().__init__(f"tfds:{name}",
+                     "common+challenging" if (name, split) == ("300w", "full") else split,
+                     builder_dir, image_key="image")
 
-  def _data(self):
-    if self._ds is None:
-      b = tfds.builder_from_directory(self.builder_dir)
-      self._ds = b.as_data_source(split=self._tfds_split,
-                                  decoders={"image": tfds.decode.SkipDecoding()})
-    return self._ds
-
-  def __len__(self):
-    return self._len
-
-  def __getitem__(self, index) -> dict[str, Any]:
-    i = int(index)
-    if not 0 <= i < self._len:
-      raise IndexError(f"{self!r}: index {index} out of range")
-    rec = self._data()[i]
-    name = rec["image/filename"]
-    name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return {"image": decode_image(rec["image"], f"tfds:{self.name}[{self.split}][{i}] ({name})"),
-            "points": np.asarray(rec["points"], np.float32),
+  def _fields(self, rec) -> dict[str, Any]:
+    return {"points": np.asarray(rec["points"], np.float32),
             "box": np.asarray(rec["box"], np.float32),
-            "attributes": np.asarray(rec["attributes"], np.int32), "name": name, "index": i}
+            "attributes": np.asarray(rec["attributes"], np.int32)}
 
   def attributes(self) -> np.ndarray:
     """(N, 6) int32 of the whole split, without decoding any image."""
     ds = self._data()
     return np.stack([np.asarray(ds[i]["attributes"], np.int32) for i in range(self._len)])
-
-  def __getstate__(self):
-    s = self.__dict__.copy()
-    s["_ds"] = None
-    return s
 
   def __repr__(self):
     return f"LandmarkSource({self.name}, split={self.split!r}, len={self._len})"

@@ -27,10 +27,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import queue
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -138,8 +139,9 @@ def _compact(k, scores, valid, *arrays):
 # ---------------------------------------------------------------- MTCNN: nets on the device, geometry on the host
 # What runs where, and what each compiled program's shape depends on:
 #   host    each image's pyramid, area-resampled from its integral image (numpy, the same
-#           float32 operations as facenet-pytorch's 'area' interpolation), shelf-packed
-#           into a canvas cut into fixed PNET_TILE x PNET_TILE tiles; the first stage's
+#           float32 operations as facenet-pytorch's 'area' interpolation), its levels cut
+#           into pieces of at most a tile and packed into fixed PNET_TILE x PNET_TILE
+#           tiles (`_tile_plan`); the first stage's
 #           windows, every NMS, box regression and squaring, and the crops of stages 2-3
 #           (numpy: the greedy NMS and the box arithmetic in float32 as the reference does
 #           them, with no candidate buffer: every candidate is kept, as the reference keeps
@@ -150,8 +152,8 @@ def _compact(k, scores, valid, *arrays):
 #           detection) and kept by the persistent compilation cache (jaxvision.core.compile).
 # Images go through in parallel threads (XLA:CPU runs each convolution on one core; two
 # images at once use two), each image alone: no image waits for another's candidates.
-PNET_TILE = 256                  # tile side, canvas pixels
-PNET_STRIDE = PNET_TILE - 10     # tiles overlap by P-Net's 12-pixel window less its stride 2
+PNET_TILE = 256                  # tile side, pixels
+PNET_STRIDE = PNET_TILE - 10     # a level's pieces overlap by P-Net's 12-pixel window less its stride 2
 # Calls' batch sizes, measured per item on a 2-core Xeon (XLA:CPU): one 256x256 tile is
 # 140 ns per canvas pixel, four at once 250 (a tile's activations stay in cache); R-Net is
 # 200 us per crop from 16 to 128 crops (270 at 512), O-Net 0.9-1.0 ms from 8 to 32.
@@ -194,110 +196,200 @@ def _chunks(n: int, sizes) -> list[tuple[int, int, int]]:
   return out
 
 
+NMS_MATRIX_MAX = 2048  # candidates up to which NMS builds the whole overlap matrix at once
+
+
 def nms_numpy(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union",
               plus_one: bool = False) -> np.ndarray:
   """Greedy NMS on the host -> indices kept, best first (ties: lower index first).
 
   The same rule as `boxes.nms` (and torchvision's / facenet-pytorch's): take the best box
   left, drop every remaining box whose overlap with it exceeds `threshold`; overlaps in
-  float32 by `boxes.overlap`. One vectorised step per kept box."""
+  float32 by `boxes.overlap`.
+
+  Up to NMS_MATRIX_MAX candidates, every pairwise overlap is computed in one vectorised
+  call and the greedy pass walks Python integers holding each row's "drops" as bits: the
+  same float32 numbers elementwise as one `overlap(best, rest)` per kept box (the textbook
+  loop, kept beyond that size, where the matrix would not fit in cache), so the same boxes
+  are kept, 5-10x faster on the few hundred candidates of a P-Net level."""
   order = np.argsort(-scores, kind="stable")
-  keep = []
-  while order.size:
-    i = order[0]
-    keep.append(i)
-    rest = order[1:]
-    if not rest.size:
-      break
-    order = rest[overlap(boxes[i], boxes[rest], mode, plus_one) <= threshold]
-  return np.asarray(keep, np.int64)
+  n = order.size
+  if n <= 1:
+    return order.astype(np.int64)
+  if n > NMS_MATRIX_MAX:
+    keep = []
+    while order.size:
+      i = order[0]
+      keep.append(i)
+      rest = order[1:]
+      if not rest.size:
+        break
+      order = rest[overlap(boxes[i], boxes[rest], mode, plus_one) <= threshold]
+    return np.asarray(keep, np.int64)
+  b = boxes[order]
+  drops = np.packbits(overlap(b[:, None], b[None], mode, plus_one) > threshold, axis=1,
+                      bitorder="little")
+  gone, keep = 0, []
+  for i in range(n):
+    if not (gone >> i) & 1:
+      keep.append(i)
+      gone |= int.from_bytes(drops[i].tobytes(), "little")
+  return order[np.asarray(keep, np.int64)]
 
 
 @dataclasses.dataclass
 class _Pyramid:
-  """One image's first-stage input: its integral image, its packed canvas and where each
-  pyramid level lies in it."""
+  """One image's first-stage input: its integral image, the P-Net tiles that hold its
+  pyramid levels and where each piece of each level lies in them."""
   h: int
   w: int
   sat: np.ndarray                           # (h+1, w+1, 3) integral image
-  canvas: np.ndarray | None = None          # (Hc, Wc, 3) float32, normalised; None: no level
-  mask: np.ndarray | None = None            # (Hc-2, Wc-2) bool: conv1 cells of some level
-  levels: list = dataclasses.field(default_factory=list)  # [(scale, hs, ws, oy, ox)]
+  tiles: np.ndarray | None = None           # (T, PNET_TILE, PNET_TILE, 3) float32, normalised
+  masks: np.ndarray | None = None           # (T, PNET_TILE-2, PNET_TILE-2) bool: conv1 cells
+  levels: list = dataclasses.field(default_factory=list)  # [(scale, hs, ws)]
+  pieces: list = dataclasses.field(default_factory=list)  # [_Piece]
+
+
+class _Piece(NamedTuple):
+  """Rows [y, y + h) and columns [x, x + w) of pyramid level `level`, placed at (ty, tx) of
+  tile `tile` (all offsets even: P-Net's stride is 2, so the piece keeps its level's grid
+  of output cells)."""
+  level: int
+  y: int
+  x: int
+  h: int
+  w: int
+  tile: int
+  ty: int
+  tx: int
+
+
+def _cuts(n: int) -> list[tuple[int, int]]:
+  """[(start, length)] cutting n level pixels into pieces of at most PNET_TILE, starting
+  PNET_STRIDE apart: consecutive pieces overlap by P-Net's 12-pixel window less its
+  stride, so that every output cell of the level is computed by exactly one piece (the
+  PNET_STRIDE / 2 first cells of each, all the cells of the last)."""
+  out, y = [], 0
+  while True:
+    out.append((y, min(PNET_TILE, n - y)))
+    if y + PNET_TILE >= n:
+      return out
+    y += PNET_STRIDE
+
+
+@functools.lru_cache(maxsize=256)
+def _tile_plan(sizes: tuple[tuple[int, int], ...]) -> tuple[int, tuple[_Piece, ...]]:
+  """Pyramid level sizes -> (tile count, pieces): levels larger than a tile are cut
+  (`_cuts`), and every piece is packed into PNET_TILE x PNET_TILE tiles, tallest first, at
+  the lowest free place of the first tile that has room (a skyline in 2-pixel columns).
+  Pieces sit 2-pixel aligned, each owning an even-sized rectangle, so that no ceil-mode
+  pooling cell of one piece reaches another's conv1 cells (the pool masks leave them
+  out). Packing the pieces instead of cutting one canvas of whole levels into tiles
+  needs 17-31% fewer tiles (P-Net calls) for photos from 451x300 to 1920x1080.
+  Depends only on the image size: cached."""
+  raw = [(i, y, x, ph, pw) for i, (hs, ws) in enumerate(sizes)
+         for y, ph in _cuts(hs) for x, pw in _cuts(ws)]
+  order = sorted(range(len(raw)), key=lambda j: (-_even(raw[j][3]), -_even(raw[j][4]), j))
+  cols = PNET_TILE // 2
+  skylines: list[np.ndarray] = []
+  placed: list[_Piece | None] = [None] * len(raw)
+  for j in order:
+    i, y, x, ph, pw = raw[j]
+    eh, cw = _even(ph), _even(pw) // 2
+    spot = None
+    for k, sky in enumerate(skylines):
+      tops = np.lib.stride_tricks.sliding_window_view(sky, cw).max(axis=1)
+      c = int(np.argmin(tops))  # the lowest place (the leftmost of equals)
+      if tops[c] + eh <= PNET_TILE:
+        spot = (k, int(tops[c]), c)
+        break
+    if spot is None:
+      skylines.append(np.zeros(cols, np.int64))
+      spot = (len(skylines) - 1, 0, 0)
+    k, ty, c = spot
+    skylines[k][c:c + cw] = ty + eh
+    placed[j] = _Piece(i, y, x, ph, pw, k, ty, 2 * c)
+  return len(skylines), tuple(placed)
 
 
 _PYRAMID_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _pyramid(image: np.ndarray, cfg: DetectorConfig, threads: int = 1) -> _Pyramid:
-  """The image's pyramid, its levels resampled by `threads` threads at once (one photo
-  alone: numpy's resampling releases the GIL, and the second core has nothing else to do
-  before P-Net starts; several photos at once keep one thread each)."""
+  """The image's pyramid in P-Net tiles (`_tile_plan`), its levels resampled by `threads`
+  threads at once (one photo alone: numpy's resampling releases the GIL, and the second
+  core has nothing else to do before P-Net starts; several photos at once keep one thread
+  each)."""
   global _PYRAMID_POOL
   h, w = image.shape[:2]
   sat = integral_image(image)
   levels = pyramid_scales(h, w, cfg.min_face, cfg.factor)
   if not levels:
     return _Pyramid(h, w, sat)
-  sizes = [(hs, ws) for _, hs, ws in levels]
-  s = PNET_STRIDE
-  width = max(1, -(-(_even(sizes[0][1]) - 10) // s)) * s + 10  # the largest level fits a row
-  offsets, (packed_h, _) = pack_levels(sizes, width)
-  height = max(1, -(-(packed_h - 10) // s)) * s + 10
-  canvas = np.zeros((height, width, 3), np.float32)
-  mask = np.zeros((height - 2, width - 2), bool)
+  count, pieces = _tile_plan(tuple((hs, ws) for _, hs, ws in levels))
+  t = PNET_TILE
+  tiles = np.zeros((count, t, t, 3), np.float32)
+  masks = np.zeros((count, t - 2, t - 2), bool)
   whole = np.array([[0, h, 0, w]], np.int32)
-  placed = [(scale, hs, ws, oy, ox) for (scale, hs, ws), (oy, ox) in zip(levels, offsets)]
+  by_level: dict[int, list[_Piece]] = collections.defaultdict(list)
+  for pc in pieces:
+    by_level[pc.level].append(pc)
 
-  def resample(level):  # disjoint parts of the canvas: safe from several threads
-    _, hs, ws, oy, ox = level
-    canvas[oy:oy + hs, ox:ox + ws] = normalize(area_crops(sat, whole, (hs, ws))[0])
+  def resample(i):  # its pieces are disjoint parts of the tiles: safe from several threads
+    _, hs, ws = levels[i]
+    lv = normalize(area_crops(sat, whole, (hs, ws))[0])
+    for pc in by_level[i]:
+      tiles[pc.tile, pc.ty:pc.ty + pc.h, pc.tx:pc.tx + pc.w] = lv[pc.y:pc.y + pc.h,
+                                                                  pc.x:pc.x + pc.w]
+      masks[pc.tile, pc.ty:pc.ty + pc.h - 2, pc.tx:pc.tx + pc.w - 2] = True
 
-  if threads > 1 and len(placed) > 1:
+  if threads > 1 and len(levels) > 1:
     if _PYRAMID_POOL is None:
       _PYRAMID_POOL = concurrent.futures.ThreadPoolExecutor(2)
     # the first level holds about half the pixels: it alone on one thread, the rest on the other
-    rest = _PYRAMID_POOL.submit(lambda: [resample(lv) for lv in placed[1:]])
-    resample(placed[0])
+    rest = _PYRAMID_POOL.submit(lambda: [resample(i) for i in range(1, len(levels))])
+    resample(0)
     rest.result()
   else:
-    for lv in placed:
-      resample(lv)
-  for _, hs, ws, oy, ox in placed:
-    mask[oy:oy + hs - 2, ox:ox + ws - 2] = True
-  return _Pyramid(h, w, sat, canvas, mask, placed)
+    for i in range(len(levels)):
+      resample(i)
+  return _Pyramid(h, w, sat, tiles, masks, list(levels), list(pieces))
 
 
-def _tiles(pyr: _Pyramid):
-  """The canvas's tiles that hold some level: (y, x) canvas offsets, tiles, pool masks."""
-  s, t = PNET_STRIDE, PNET_TILE
-  hc, wc = pyr.canvas.shape[:2]
-  at, tiles, masks = [], [], []
-  for y in range(0, hc - 10, s):
-    for x in range(0, wc - 10, s):
-      m = pyr.mask[y:y + t - 2, x:x + t - 2]
-      if m.any():
-        at.append((y, x))
-        tiles.append(pyr.canvas[y:y + t, x:x + t])
-        masks.append(m)
-  return at, np.stack(tiles), np.stack(masks)
+def _level_maps(pyr: _Pyramid, out: dict[str, np.ndarray], kind: str):
+  """P-Net's outputs on the tiles -> [(prob (rows, cols), box regression (rows, cols, 4))]
+  per pyramid level, each piece's output cells put back where they lie in its level."""
+  maps = [(np.zeros((out_cells(hs, kind), out_cells(ws, kind)), np.float32),
+           np.zeros((out_cells(hs, kind), out_cells(ws, kind), 4), np.float32))
+          for _, hs, ws in pyr.levels]
+  for pc in pyr.pieces:
+    nr, nc = out_cells(pc.h, kind), out_cells(pc.w, kind)
+    if nr <= 0 or nc <= 0:
+      continue
+    prob, reg = maps[pc.level]
+    src = (pc.tile, slice(pc.ty // 2, pc.ty // 2 + nr), slice(pc.tx // 2, pc.tx // 2 + nc))
+    dst = (slice(pc.y // 2, pc.y // 2 + nr), slice(pc.x // 2, pc.x // 2 + nc))
+    prob[dst] = out["prob"][src]
+    reg[dst] = out["box"][src]
+  return maps
 
 
-def _first_stage(pyr: _Pyramid, prob: np.ndarray, reg: np.ndarray, cfg: DetectorConfig):
-  """P-Net's maps of the canvas -> squared candidate boxes (N, 4) and scores, best first:
+def _first_stage(pyr: _Pyramid, maps, cfg: DetectorConfig):
+  """P-Net's maps of each level -> squared candidate boxes (N, 4) and scores, best first:
   per level the cells above the threshold, NMS within the level, NMS across levels,
   regression (the reference's first-stage widths, without '+1') and squaring."""
   boxes, scores, regs = [], [], []
-  for scale, hs, ws, oy, ox in pyr.levels:
-    rows, cols = out_cells(hs, cfg.kind), out_cells(ws, cfg.kind)
+  for (scale, _, _), (prob, reg) in zip(pyr.levels, maps):
+    rows, cols = prob.shape
     if rows <= 0 or cols <= 0:
       continue
-    p = prob[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols].reshape(-1)
+    p = prob.reshape(-1)
     idx = np.flatnonzero(p >= cfg.thresholds[0])
     if not idx.size:
       continue
     idx = idx[np.argsort(-p[idx], kind="stable")]
     b = cell_windows(idx, cols, scale)
-    r = reg[oy // 2:oy // 2 + rows, ox // 2:ox // 2 + cols].reshape(-1, 4)[idx]
+    r = reg.reshape(-1, 4)[idx]
     keep = nms_numpy(b, p[idx], cfg.nms[0])
     boxes.append(b[keep])
     scores.append(p[idx][keep])
@@ -493,17 +585,25 @@ class FaceDetector:
       for key, (jitted, static, args) in zip(todo, requests):
         self._compiled[key] = _EXECUTABLES.get(jitted, static, args)
 
-  def _net(self, name: str, arrays: tuple, jit: bool, ks: tuple = (0,)) -> dict[str, np.ndarray]:
-    """Program `name` over n items (arrays with leading dim n), in fixed-size calls spread
-    over the devices `ks` (each call to the least loaded), all dispatched before any result
-    is read, so that the devices run at once and the host pads the next call meanwhile."""
-    n = len(arrays[0])
+  def _net(self, name: str, arrays, jit: bool, ks: tuple = (0,),
+           n: int | None = None) -> dict[str, np.ndarray]:
+    """Program `name` over n items, in fixed-size calls spread over the devices `ks` (each
+    call to the least loaded), all dispatched before any result is read, so that the
+    devices run at once and the host prepares the next call meanwhile.
+
+    `arrays`: a tuple of arrays with leading dim n, or a function (start, count) -> such a
+    tuple for items [start, start + count) (then `n` is given): the host makes each call's
+    inputs (R-Net's and O-Net's crops) while the devices run the calls before it, instead
+    of making them all before the first call."""
+    if n is None:
+      n = len(arrays[0])
+    make = arrays if callable(arrays) else (lambda at, count: tuple(a[at:at + count]
+                                                                  for a in arrays))
     load = dict.fromkeys(ks, 0)
     pending = []
     for at, count, b in _chunks(n, TILE_BATCHES if name == "pnet" else CROP_BATCHES[name]):
       batch = []
-      for a in arrays:
-        x = a[at:at + count]
+      for x in make(at, count):
         if count < b:
           x = np.concatenate([x, np.zeros((b - count,) + x.shape[1:], x.dtype)])
         batch.append(x)
@@ -527,24 +627,19 @@ class FaceDetector:
     boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     lms = np.zeros((0, 5, 2), np.float32)
     pyr = _pyramid(image, cfg, threads=2 if len(ks) > 1 else 1)
-    if pyr.canvas is None:
+    if pyr.tiles is None:
       return boxes, scores, lms
-    at, tiles, masks = _tiles(pyr)
-    out = self._net("pnet", (tiles, masks), jit, ks)
-    c = PNET_STRIDE // 2  # output cells per tile side
-    hc, wc = pyr.canvas.shape[:2]
-    prob = np.zeros((out_cells(hc, cfg.kind), out_cells(wc, cfg.kind)), np.float32)
-    reg = np.zeros(prob.shape + (4,), np.float32)
-    for (y, x), p, r in zip(at, out["prob"], out["box"]):
-      prob[y // 2:y // 2 + c, x // 2:x // 2 + c] = p
-      reg[y // 2:y // 2 + c, x // 2:x // 2 + c] = r
-    boxes, scores = _first_stage(pyr, prob, reg, cfg)
+    out = self._net("pnet", (pyr.tiles, pyr.masks), jit, ks)
+    boxes, scores = _first_stage(pyr, _level_maps(pyr, out, cfg.kind), cfg)
     lms = np.zeros((len(boxes), 5, 2), np.float32)
     for stage in ("rnet", "onet"):
       if stage not in self.variables or not len(boxes):
         break
       regions, _ = crop_regions(boxes, pyr.h, pyr.w)
-      out = self._net(stage, (area_crops(pyr.sat, regions, CROP_SIZES[stage]),), jit, ks)
+      size = CROP_SIZES[stage]
+      out = self._net(stage, lambda at, count: (area_crops(pyr.sat, regions[at:at + count],
+                                                           size),),
+                      jit, ks, n=len(regions))
       boxes, scores, lms = _later_stage(stage, pyr, boxes, scores, out, cfg)
     return boxes, scores, lms
 

@@ -373,6 +373,30 @@ def test_crowd_keeps_every_face_and_mixed_sizes_compile_six_programs(detector):
   assert (iou.max(axis=1) > 0.4).all()  # every pasted face has its detection
 
 
+def test_matrix_nms_keeps_exactly_what_the_loop_keeps(monkeypatch):
+  """nms_numpy's overlap-matrix pass (up to NMS_MATRIX_MAX candidates) keeps the very same
+  indices, in the same order, as its one-overlap-per-kept-box loop (used beyond): on
+  crowded random boxes, duplicates, score ties and boxes whose IoU is exactly the
+  threshold, in both modes."""
+  rng = np.random.default_rng(7)
+  for trial in range(30):
+    n = int(rng.integers(2, 400))
+    xy = rng.uniform(0, 150, (n, 2)).astype(np.float32)
+    wh = rng.uniform(4, 50, (n, 2)).astype(np.float32)
+    b = np.concatenate([xy, xy + wh], 1)
+    b[n // 2:n // 2 + 3] = b[0]  # exact duplicates
+    b[1] = [0, 0, 10, 10]
+    b[-1] = [5, 0, 15, 10]  # IoU with b[1] is exactly 1/3
+    s = rng.uniform(0, 1, n).astype(np.float32).round(2)  # many ties
+    for mode, plus_one, thr in (("union", False, 0.5), ("union", False, 1 / 3),
+                                ("min", True, 0.7)):
+      matrix = faces.nms_numpy(b, s, thr, mode, plus_one)
+      monkeypatch.setattr(faces, "NMS_MATRIX_MAX", 0)
+      loop = faces.nms_numpy(b, s, thr, mode, plus_one)
+      monkeypatch.undo()
+      np.testing.assert_array_equal(matrix, loop)
+
+
 def test_host_nms_is_the_compiled_nms():
   """detector.nms_numpy (host) keeps what boxes.nms (jnp, lax.while_loop) keeps, in IoU
   and in 'Min' mode with MATLAB's +1."""

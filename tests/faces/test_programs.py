@@ -60,3 +60,48 @@ def test_detector_uses_them_only_for_the_released_nets():
   assert D._released_form("pnet", M.PNet()) is P.pnet
   assert D._released_form("onet", M.ONet()) is P.onet
   assert D._released_form("rnet", M.RNet(width=0.5)) is None  # a trained narrow net
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (720, 1280), (300, 451), (1111, 555), (41, 4000)])
+def test_tile_plan_computes_every_output_cell_once(h, w):
+  """Each pyramid level's output cells are computed by exactly one piece, every piece lies
+  inside its tile at even offsets, and pieces in one tile own disjoint even rectangles."""
+  cfg = D.DetectorConfig()
+  levels = [(hs, ws) for _, hs, ws in D.pyramid_scales(h, w, cfg.min_face, cfg.factor)]
+  count, pieces = D._tile_plan(tuple(levels))
+  owner = [np.zeros((D.out_cells(hs, "mtcnn"), D.out_cells(ws, "mtcnn")), int)
+           for hs, ws in levels]
+  used = np.zeros((count, D.PNET_TILE, D.PNET_TILE), int)
+  for pc in pieces:
+    assert pc.y % 2 == pc.x % 2 == pc.ty % 2 == pc.tx % 2 == 0
+    assert pc.ty + pc.h <= D.PNET_TILE and pc.tx + pc.w <= D.PNET_TILE
+    assert pc.y + pc.h <= levels[pc.level][0] and pc.x + pc.w <= levels[pc.level][1]
+    nr, nc = D.out_cells(pc.h, "mtcnn"), D.out_cells(pc.w, "mtcnn")
+    owner[pc.level][pc.y // 2:pc.y // 2 + nr, pc.x // 2:pc.x // 2 + nc] += 1
+    used[pc.tile, pc.ty:pc.ty + D._even(pc.h), pc.tx:pc.tx + D._even(pc.w)] += 1
+  assert all((o == 1).all() for o in owner)
+  assert used.max() == 1
+  assert count <= -(-sum(hs * ws for hs, ws in levels) * 3 // 2 // D.PNET_TILE ** 2) + 1
+
+
+def test_pnet_on_packed_pieces_is_pnet_on_each_level(weights):
+  """P-Net's maps put back together from the packed tiles (levels cut into pieces and
+  several levels per tile) equal P-Net run on each pyramid level alone."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (620, 700, 3), np.uint8)
+  cfg = D.DetectorConfig(min_face=30)  # level 0: 248x280 (cut in width), odd sizes below
+  pyr = D._pyramid(image, cfg)
+  assert any(pc.x > 0 for pc in pyr.pieces) and len(pyr.levels) > 4
+  fast = jax.jit(P.pnet)
+  o = fast(weights["pnet"], jnp.asarray(pyr.tiles), jnp.asarray(pyr.masks))
+  o = {"prob": np.asarray(jax.nn.softmax(o["logits"], -1)[..., 1]), "box": np.asarray(o["box"])}
+  maps = D._level_maps(pyr, o, "mtcnn")
+  whole = np.array([[0, image.shape[0], 0, image.shape[1]]], np.int32)
+  sat = D.integral_image(image)
+  for i in (0, 1, len(pyr.levels) - 1):
+    _, hs, ws = pyr.levels[i]
+    lv = P.normalize(D.area_crops(sat, whole, (hs, ws)))
+    ref = jax.jit(M.PNet().apply)(weights["pnet"], jnp.asarray(lv))
+    prob = np.asarray(jax.nn.softmax(ref["logits"], -1)[0, ..., 1])
+    np.testing.assert_allclose(maps[i][0], prob, atol=2e-5)
+    np.testing.assert_allclose(maps[i][1], np.asarray(ref["box"][0]), atol=2e-5)

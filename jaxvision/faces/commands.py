@@ -112,7 +112,8 @@ def detect_faces_cmd(args) -> None:
         result[p] = faces
         if args.draw:
           draw(p, im, faces)
-        bar.update(1)
+        bar.update(len(result) + len(outcome.failed) - bar.n)  # unreadable files count too
+      bar.update(len(given) - bar.n)  # (failures after the last readable photo)
   else:  # Cascade CNN: one program per image size, a batch per size
     images = dict(photos)
     by_size: dict[tuple, list[str]] = {}

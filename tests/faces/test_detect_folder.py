@@ -50,6 +50,34 @@ def test_folders_and_files_with_a_damaged_one(tmp_path, monkeypatch, capsys):
   assert "3 image(s), 3 face(s)" in cap.out
 
 
+def test_progress_bar_counts_the_damaged_file_too(tmp_path, monkeypatch, capsys):
+  """The bar ends at the number of inputs, the unreadable one included."""
+  from jaxvision.core import inputs
+  bars = []
+
+  class Bar:
+    def __init__(self, total, unit="file"):
+      self.total, self.n = total, 0
+      bars.append(self)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def update(self, k):
+      assert k >= 0
+      self.n += k
+
+  monkeypatch.setattr(inputs, "progress", Bar)
+  monkeypatch.setattr(detector, "mtcnn_detector", lambda *a, **k: _Detector())
+  folder, stems, damaged = image_folder(tmp_path, grey=True)
+  assert cli.main(["detect-faces", folder, "--json", str(tmp_path / "f.json")]) == 1
+  capsys.readouterr()
+  assert [(b.total, b.n) for b in bars] == [(len(stems) + 1, len(stems) + 1)]
+
+
 def test_all_inputs_unreadable_writes_no_json(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(detector, "mtcnn_detector", lambda *a, **k: _Detector())
   bad = [tmp_path / "x.png", tmp_path / "y.png"]

@@ -6,7 +6,7 @@
     [[{"box": [x1, y1, x2, y2], "score": 0.99, "landmarks": [[x, y] * 5]}], ...]
     >>> for faces in det.detect_each(photos): ...  # one list per photo, in order
 
-MTCNN: the three nets run compiled on fixed batches (five programs, whatever the image
+MTCNN: the three nets run compiled on fixed batches (four programs, whatever the image
 sizes); the pyramid, the windows, every NMS and the box arithmetic run on the host in
 numpy, with every candidate kept (section "MTCNN: nets on the device, geometry on the
 host" below). Cascade CNN: the whole cascade (pyramid, 12-net, calibrations, NMS, 24-net,
@@ -147,7 +147,7 @@ def _compact(k, scores, valid, *arrays):
 #           them, with no candidate buffer: every candidate is kept, as the reference keeps
 #           them, so no face is dropped for lack of room)
 #   device  only the three nets, each on a fixed batch: P-Net on TILE_BATCHES tiles,
-#           R-Net / O-Net on CROP_BATCHES crops. Five programs, whatever the image sizes
+#           R-Net / O-Net on CROP_BATCHES crops. Four programs, whatever the image sizes
 #           and the number of candidates; compiled once (in parallel, at the first
 #           detection) and kept by the persistent compilation cache (jaxvision.core.compile).
 # Images go through in parallel threads (XLA:CPU runs each convolution on one core; two
@@ -156,9 +156,11 @@ PNET_TILE = 256                  # tile side, pixels
 PNET_STRIDE = PNET_TILE - 10     # a level's pieces overlap by P-Net's 12-pixel window less its stride 2
 # Calls' batch sizes, measured per item on a 2-core Xeon (XLA:CPU): one 256x256 tile is
 # 140 ns per canvas pixel, four at once 250 (a tile's activations stay in cache); R-Net is
-# 200 us per crop from 16 to 128 crops (270 at 512), O-Net 0.9-1.0 ms from 8 to 32.
+# 110-130 us per crop from 16 to 128 crops, O-Net 0.62-0.70 ms at 4 and 8, 0.76-0.82 at
+# 16 and 32 (session 10): O-Net on 4 a call, so that a photo's few O-Net crops (8 is
+# typical) spread over both devices, and one program fewer per device to load.
 TILE_BATCHES = (1,)              # tiles per P-Net call
-CROP_BATCHES = {"rnet": (64, 16), "onet": (32, 8)}  # crops per call: as many of the larger
+CROP_BATCHES = {"rnet": (64, 16), "onet": (4,)}  # crops per call: as many of the larger
                                                     # as fill, then the smaller, last padded
 CROP_SIZES = {"rnet": 24, "onet": 48}
 

@@ -28,12 +28,17 @@ Data: `embedded` is 81 training faces (scikit-image's astronaut and LFW crops) w
 imitate dlib, not to match human annotations); 20 LFW crops are the test split.
 
 CFAN (`model=cfan`, docs/landmarks.md "CFAN"): `stages` (local SANs after the global one, 3),
-`stage_steps` (steps per stage, '/'-separated, global first; default 150 each in the cpu
-preset); the stages train one after another in one run, each finished stage frozen exactly;
-loss l2 (or wing). cpu preset: SANs of 256-128 hidden units, 600 steps of batch 16 (87 s
-on the shared 2-core machine); test NME against the teacher after each stage
-0.0847 / 0.0830 / 0.0832 / 0.0829. paper preset: 1600-900-400 units, batch 64, Adam 1e-4,
-3000 + 3 x 2000 steps (a guess at a recipe, not the paper's schedule).
+`stage_steps` (supervised steps per stage, '/'-separated, global first; default 150 each in
+the cpu preset), `pretrain_steps` (denoising auto-encoder steps per hidden layer at the
+start of each stage, greedily layer by layer: tied weights, masking noise 0.25; default 0,
+none); the stages train one after another in one run, total_steps = the sum over stages of
+pretrain_steps x hidden layers + stage_steps (set again if you change the hidden layers by
+--config.model.kwargs). Each finished stage is frozen exactly: the task chains the
+optimiser with a mask that zeroes the updates of every stage not training at the step
+(cfan.freeze_untrained), so Adam keeps its momentum. Loss l2 (or wing). cpu preset: SANs of
+256-128 hidden units, 600 steps of batch 16; test NME against the teacher after each stage
+in docs/landmarks.md. paper preset: 1600-900-400 units, batch 64, Adam 1e-4, 3000 + 3 x
+2000 steps (a guess at a recipe, not the paper's schedule).
 
 Presets
   cpu   (default) 300 Adam steps of batch 16 at width 0.25 (minutes on 2 CPU cores).
@@ -54,7 +59,8 @@ from configs.common import check_preset, parse_arg, set_steps
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   opts = parse_arg(arg, first="model", model="pfld", width="", size="112", loss="pfld",
-                   data="embedded", flip="", preset="cpu", stages="3", stage_steps="")
+                   data="embedded", flip="", preset="cpu", stages="3", stage_steps="",
+                   pretrain_steps="0")
   preset = check_preset(opts["preset"])
   if opts["model"] == "cfan":
     return _cfan_config(opts, preset)
@@ -93,7 +99,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 def _cfan_config(opts: dict, preset: str) -> ml_collections.ConfigDict:
   """CFAN, its stages trained one after another in one run (jaxvision/landmarks/cfan.py):
   `stages` local SANs after the global one, `stage_steps` the steps of each stage,
-  '/'-separated (global first), e.g. stage_steps=200/100/100/100."""
+  '/'-separated (global first), e.g. stage_steps=200/100/100/100; `pretrain_steps`
+  auto-encoder steps per hidden layer at the start of each stage (0: none)."""
   if opts["loss"] not in ("pfld", "wing", "l2"):
     raise ValueError(f"loss={opts['loss']}: choose l2 or wing for cfan")
   k = int(opts["stages"])
@@ -108,13 +115,16 @@ def _cfan_config(opts: dict, preset: str) -> ml_collections.ConfigDict:
     steps = [3000] + [2000] * k if preset == "paper" else [150] * (k + 1)
   paper = preset == "paper"
   hidden = (1600, 900, 400) if paper else (256, 128)
+  pre = int(opts["pretrain_steps"])
+  if pre < 0:
+    raise ValueError(f"pretrain_steps={pre}: auto-encoder steps per hidden layer, 0 or more")
   c = ml_collections.ConfigDict()
   c.task = "landmarks"
   c.model = ml_collections.ConfigDict({"name": "cfan", "kwargs": {
       "num_points": 98 if opts["data"] == "tfds:wflw" else 68,
       "input_size": int(opts["size"]), "global_size": 50, "num_stages": k,
       "global_hidden": hidden, "local_hidden": hidden, "stage_steps": tuple(steps),
-      "shape_noise": 0.02}})
+      "shape_noise": 0.02, "pretrain_steps": pre, "pretrain_mask": 0.25}})
   c.loss = "l2" if opts["loss"] == "pfld" else opts["loss"]   # CFAN has no angle head
   c.loss_floor = 1.0
   c.attribute_weights = False
@@ -129,7 +139,9 @@ def _cfan_config(opts: dict, preset: str) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-4 if paper else 1e-3, b2=0.99, schedule="constant",
       warmup_steps=0, grad_clip_norm=5.0))
-  total = sum(steps)
+  layers = [len(hidden)] * (k + 1)
+  phases = [pre * n + t for n, t in zip(layers, steps)]
+  total = sum(phases)
   set_steps(c, total_steps=total, batch_size=64 if paper else 16, log_every=25,
-            eval_every=steps[0], checkpoint_every=total, keep_checkpoints=1, seed=0)
+            eval_every=phases[0], checkpoint_every=total, keep_checkpoints=1, seed=0)
   return c

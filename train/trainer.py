@@ -289,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   task = registry.get_task(config.task)
   model = registry.create_model(config.model.name, **model_kwargs(config))
   tx, schedule = make_optimizer(config)
+  if getattr(task, "optimizer", None) is not None:  # e.g. CFAN freezing its finished stages
+    tx = task.optimizer(tx, config, model)
 
   t0 = time.time()
   train_loader, eval_batches = task.make_data(config)

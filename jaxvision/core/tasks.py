@@ -27,6 +27,9 @@ class Task:
   loss: Callable
   evaluate: Callable
   samples: Callable
+  # optional: (optax transformation, config, model) -> the transformation the trainer uses
+  # (a task that trains only part of its model at each step chains its mask here)
+  optimizer: Callable | None = None
 
 
 def apply_model(model, variables, x, train: bool, **kwargs):

@@ -23,25 +23,48 @@ over 2 x 2 cells of 4 x 4 samples: 32 values per point, L2-normalised, clipped a
 normalised again as SIFT does. A fixed 16-pixel window on a finer image covers less of the
 face: that is the coarse-to-fine of the stages.
 
-Stage-wise training inside one run (the model keeps the schedule in its "cfan" collection,
-which the trainer carries as model state and checkpoints): `stage_steps` = train steps per
-stage (global first). At train step s the active stage is the first whose cumulative end
-exceeds s; "landmarks" is then that stage's output, so the loss trains it alone; earlier
-stages' outputs enter it through stop_gradient. Adam would still move a finished stage's
-parameters (its moments decay, they do not vanish), so at the first step after stage j's
-phase its parameters are copied into "cfan"/<stage> and from then on the copy is what the
-network uses (in training and inference): a finished stage is frozen exactly. The "params"
-slot of a finished stage is dead weight after that step. `shape_noise` (std in the unit
-frame, training only, rng "noise") perturbs the shape the active local stage starts from,
-so that it learns to correct errors larger than the (over-fitted) previous stage makes on
-the training faces.
+Stage-wise training inside one run (the model counts train steps in its "cfan" collection,
+which the trainer carries as model state and checkpoints): stage j's phase is
+`pretrain_steps` x (its hidden layers) auto-encoder steps (below; none by default), then
+`stage_steps[j]` supervised steps (global first). At train step s the active stage is the
+first whose cumulative end exceeds s; "landmarks" is then that stage's output, so the loss
+trains it alone; earlier stages' outputs enter it through stop_gradient. `shape_noise` (std
+in the unit frame, training only, rng "noise") perturbs the shape the active local stage
+starts from (in its pre-training too), so that it learns to correct errors larger than the
+(over-fitted) previous stage makes on the training faces.
 
-The paper pre-trains each SAN layer by layer as auto-encoders, then fine-tunes; here only
-the supervised fine-tuning is implemented (sigmoid layers initialised by lecun-normal).
+Freezing a finished stage: only the active stage's output reaches the loss (the later
+stages see its shape through stop_gradient), so a finished stage's gradient is exactly zero;
+but Adam's momentum would still move it (its first moment decays after the stage's last
+gradient, it does not vanish), and so would weight decay. The landmarks task therefore
+chains the trainer's optimiser with `freeze_untrained`, which zeroes the update of every
+layer `trainable` says is not training at the step: a finished stage's "params" entry stays
+bit-identical to what its phase left, under any optimiser, and it is the one copy.
+(Workdirs written before this kept a frozen copy of every finished stage in the "cfan"
+collection next to a drifted "params" entry; at inference the copy, when present, is still
+what the network uses, so they predict the same points.)
+
+Auto-encoder pre-training (`pretrain_steps` > 0; the paper's layer-wise pre-training of
+each SAN): at the start of stage j's phase, each of its sigmoid hidden layers l in turn is
+trained for `pretrain_steps` steps as a denoising auto-encoder of its own input, the
+stage's input (the standardised 50 x 50 global face, or the descriptors at the previous
+stage's shapes) mapped through the layers below, which stay fixed (stop_gradient; greedy).
+Masking noise (Vincent et al. 2008): a fraction `pretrain_mask` of the input values, drawn
+afresh each step from rng "noise", is set to 0 (for the standardised face, its mean); the
+clean input is the target. Tied weights: h = sigmoid(W^T x~ + b), x^ = W h + c with the
+encoder's own W, so the decoder owns no weights; its bias c is not stored either: the
+squared error is minimised over c in closed form on every batch (c = the batch's mean
+residual), and by the envelope theorem the gradient in W and b of that minimum is the
+gradient at the optimal c. The reconstruction is linear at every layer (the first layer's
+inputs are not in [0, 1]; the same form for the others), the error the mean square per
+value ("ae_loss" in the outputs and the training metrics; 0 outside pre-training). The
+layers' encoder weights are then what the supervised phase fine-tunes (the whole stage,
+output layer included: it stays at its init during pre-training). Nothing of the decoder
+enters the checkpoint: params and model state are those of pretrain_steps=0.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -118,14 +141,31 @@ def _san_init(key, sizes: Sequence[int], out_bias: float, zero_out: bool, dtype)
   return params
 
 
-def _san_apply(params, x, dtype):
+def _san_apply(params, x, dtype, acts: list | None = None):
+  """The SAN's output; `acts`, when given, receives every dense layer's input (float32)."""
   n = len(params)
   for i in range(n):
+    if acts is not None:
+      acts.append(x.astype(jnp.float32))
     p = params[f"dense{i}"]
     x = jnp.dot(x.astype(dtype), p["kernel"].astype(dtype)) + p["bias"].astype(dtype)
     if i < n - 1:
       x = jax.nn.sigmoid(x)
   return x.astype(jnp.float32)
+
+
+def dae_loss(p, x, key, mask: float, dtype=jnp.float32):
+  """The denoising auto-encoder loss of one sigmoid layer p = {kernel (n, m), bias (m)} on
+  its inputs x (B, n) (module docstring): masking noise of fraction `mask`, tied decoder,
+  decoder bias at its per-batch least-squares optimum; the mean squared error per value."""
+  x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  keep = jax.random.bernoulli(key, 1.0 - mask, x.shape)
+  w = p["kernel"].astype(dtype)
+  h = jax.nn.sigmoid(jnp.dot(jnp.where(keep, x, 0.0).astype(dtype), w)
+                     + p["bias"].astype(dtype))
+  r = x - jnp.dot(h, w.T).astype(jnp.float32)
+  r = r - r.mean(0, keepdims=True)       # x^ = W h + c with c = the mean residual
+  return jnp.mean(r * r)
 
 
 def _where(c, a, b):
@@ -142,8 +182,10 @@ class CFAN(nn.Module):
   local_sizes: Sequence[int] = ()
   global_hidden: Sequence[int] = (1600, 900, 400)
   local_hidden: Sequence[int] = (1600, 900, 400)
-  stage_steps: Sequence[int] = ()      # train steps per stage (global first); () = 1 each
+  stage_steps: Sequence[int] = ()      # supervised steps per stage (global first); () = 1 each
   shape_noise: float = 0.0
+  pretrain_steps: int = 0              # auto-encoder steps per hidden layer, at each stage
+  pretrain_mask: float = 0.25          # masking-noise fraction of those auto-encoders
   dtype: Any = None                    # compute dtype of the dense layers; None: float32
   param_dtype: Any = jnp.float32
 
@@ -157,15 +199,22 @@ class CFAN(nn.Module):
     lo = self.input_size // 2
     return [int(round(lo + (self.input_size - lo) * i / max(k - 1, 1))) for i in range(k)]
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    dt = self.dtype or jnp.float32
-    p2 = 2 * self.num_points
+  def schedule(self) -> list[tuple[int, int]]:
+    """(pre-training steps, supervised steps) of every stage's phase, global first."""
     k = self.num_stages + 1
     steps = list(self.stage_steps) or [1] * k
     if len(steps) != k:
       raise ValueError(f"CFAN: stage_steps {tuple(steps)} for {k} stages (global + local)")
-    ends = [sum(steps[:i + 1]) for i in range(k)]
+    layers = [len(self.global_hidden)] + [len(self.local_hidden)] * self.num_stages
+    return [(int(self.pretrain_steps) * n, int(t)) for n, t in zip(layers, steps)]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dt = self.dtype or jnp.float32
+    p2 = 2 * self.num_points
+    phases = self.schedule()
+    k = len(phases)
+    ends = [sum(a + b for a, b in phases[:i + 1]) for i in range(k)]
     x = x.astype(jnp.float32)
     if x.shape[1] != self.input_size or x.shape[2] != self.input_size:
       x = jax.image.resize(x, (x.shape[0], self.input_size, self.input_size, x.shape[3]),
@@ -175,29 +224,26 @@ class CFAN(nn.Module):
     counter = self.variable("cfan", "step", lambda: jnp.zeros((), jnp.int32))
     s = counter.value
     init = self.is_initializing()
+    active = jnp.searchsorted(jnp.array(ends), s, side="right")
 
     def stage_params(j, name, sizes, out_bias, zero_out):
       p = self.param(name, lambda key: _san_init(key, sizes, out_bias, zero_out,
                                                  self.param_dtype))
-      if j == k - 1:
-        return p                     # the last stage is never frozen
-      frozen = self.variable("cfan", name, lambda: jax.tree.map(jnp.zeros_like, p))
-      if train:
-        copy = _where(s == ends[j], p, frozen.value)   # first step after its phase
-        if not init:
-          frozen.value = copy
-        return _where(s >= ends[j], jax.lax.stop_gradient(copy), p)
-      return _where(s > ends[j], frozen.value, p)
+      if not train and not init and j < k - 1 and self.has_variable("cfan", name):
+        # a workdir of the earlier layout: its frozen copy, not the drifted params entry
+        return _where(s > ends[j], self.get_variable("cfan", name), p)
+      return p
 
     small = jax.image.resize(g, (b, self.global_size, self.global_size), "bilinear")
     small = small.reshape(b, -1)
     small = (small - small.mean(-1, keepdims=True)) / (small.std(-1, keepdims=True) + 1e-3)
     pg = stage_params(0, "global", [self.global_size ** 2, *self.global_hidden, p2], 0.5,
                       False)
-    shape = _san_apply(pg, small, dt)
+    acts = [[]]                      # every stage's dense-layer inputs (pre-training)
+    shape = _san_apply(pg, small, dt, acts[0])
+    sans = [pg]
     outs = [shape]
     d_in = self.num_points * CELLS * CELLS * BINS
-    active = jnp.searchsorted(jnp.array(ends), s, side="right")
     for i, r in enumerate(self.sizes()):
       j = i + 1
       start = jax.lax.stop_gradient(shape)
@@ -207,21 +253,92 @@ class CFAN(nn.Module):
       img = jax.image.resize(g, (b, r, r), "bilinear") if r != g.shape[1] else g
       feats = descriptors(img, start.reshape(b, self.num_points, 2))
       pl = stage_params(j, f"local{j}", [d_in, *self.local_hidden, p2], 0.0, True)
-      shape = start + _san_apply(pl, feats, dt)
+      acts.append([])
+      shape = start + _san_apply(pl, feats, dt, acts[-1])
+      sans.append(pl)
       outs.append(shape)
     stages = jnp.stack(outs)                                       # (K, B, 2P)
-    if train:
-      if not init:
-        counter.value = s + 1
-      pick = jnp.minimum(active, k - 1)
-      return {"landmarks": jnp.take(stages, pick, 0),
-              "stage": (pick + 1).astype(jnp.float32)}
-    return {"landmarks": stages[-1], "stages": stages}
+    if not train:
+      return {"landmarks": stages[-1], "stages": stages}
+    if not init:
+      counter.value = s + 1
+    pick = jnp.minimum(active, k - 1)
+    out = {"landmarks": jnp.take(stages, pick, 0), "stage": (pick + 1).astype(jnp.float32)}
+    if self.pretrain_steps > 0:
+      out.update(self._pretraining(s, ends, phases, sans, acts, init, dt))
+    return out
+
+  def _pretraining(self, s, ends, phases, sans, acts, init, dt):
+    """{"ae_loss", "pretraining"}: the auto-encoder loss of the layer that step s
+    pre-trains (module docstring), computed for that one layer (lax.switch), else 0."""
+    n = int(self.pretrain_steps)
+    key = jax.random.key(0) if init else self.make_rng("noise")
+    branches, idx = [lambda: jnp.zeros((), jnp.float32)], jnp.zeros((), jnp.int32)
+    for j, (pre, _) in enumerate(phases):
+      begin = ends[j] - sum(phases[j])
+      for l in range(pre // n):
+        branches.append(lambda j=j, l=l: dae_loss(
+            sans[j][f"dense{l}"], acts[j][l], key, self.pretrain_mask, dt))
+        lo = begin + l * n
+        idx = jnp.where((s >= lo) & (s < lo + n), len(branches) - 1, idx)
+    loss = jax.lax.switch(idx, branches)
+    return {"ae_loss": loss, "pretraining": idx > 0}
+
+
+class FreezeState(NamedTuple):
+  count: jax.Array  # train steps taken (the model's "cfan"/"step" counts the same steps)
+
+
+def trainable(model: "CFAN", step) -> dict[str, dict[str, jax.Array]]:
+  """{stage: {dense layer: bool}}: which of `model`'s layers train at train step `step`.
+
+  The schedule of `CFAN.schedule()`: in stage j's phase, its pre-training steps train one
+  hidden layer at a time (the greedy auto-encoders), its supervised steps the whole
+  stage; every other stage, finished or not begun, stays as it is. Past the schedule's
+  end the last stage goes on training, as the model's forward pass does."""
+  phases = model.schedule()
+  hidden = [len(model.global_hidden)] + [len(model.local_hidden)] * model.num_stages
+  names = ["global"] + [f"local{j}" for j in range(1, model.num_stages + 1)]
+  n = max(int(model.pretrain_steps), 1)
+  out, begin = {}, 0
+  for j, ((pre, sup), layers, name) in enumerate(zip(phases, hidden, names)):
+    last = j == len(phases) - 1
+    pre_on = (step >= begin) & (step < begin + pre)
+    sup_on = (step >= begin + pre) & ((step < begin + pre + sup) | last)
+    out[name] = {f"dense{l}": (sup_on | (pre_on & ((step - begin) // n == l))
+                               if l < layers else sup_on)
+                 for l in range(layers + 1)}
+    begin += pre + sup
+  return out
+
+
+def freeze_untrained(model: "CFAN"):
+  """An optax transformation, chained after the optimiser, that zeroes the update of every
+  layer `trainable` says is not training at this step: a finished stage (and, during
+  pre-training, every layer but the one pre-trained) keeps its weights bit for bit
+  whatever the optimiser (Adam's momentum would keep moving them: its first moment decays
+  after the stage's last gradient, it does not vanish; so would weight decay)."""
+  import optax  # (training only: the models module stays free of it)
+
+  def init(params):
+    del params
+    return FreezeState(jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    on = trainable(model, state.count)
+    frozen = {k: ({m: jax.tree.map(lambda u, m=m, k=k: jnp.where(on[k][m], u, jnp.zeros_like(u)),
+                                   v) for m, v in sub.items()} if k in on else sub)
+              for k, sub in updates.items()}
+    return frozen, FreezeState(state.count + 1)
+
+  return optax.GradientTransformation(init, update)
 
 
 @register_model("cfan")
 def cfan(**kw) -> CFAN:
   """CFAN: a global SAN on a 50 x 50 face and `num_stages` (3) local SANs on shape-indexed
-  gradient-histogram descriptors; stage-wise training by `stage_steps`."""
+  gradient-histogram descriptors; stage-wise training by `stage_steps`, each stage's hidden
+  layers pre-trained as denoising auto-encoders for `pretrain_steps` each (0: none)."""
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   return CFAN(**kw)

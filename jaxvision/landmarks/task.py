@@ -60,9 +60,21 @@ def _inter_ocular(gt):
   return jnp.ones(g.shape[0])
 
 
+def landmarks_optimizer(tx, config, model):
+  """The trainer's optimiser; for CFAN chained with `cfan.freeze_untrained`, which zeroes
+  the updates of every stage (and pre-training layer) not training at the step, so that a
+  finished stage stays bit-identical under any optimiser, momentum included."""
+  if config.model.name != "cfan":
+    return tx
+  import optax
+  from jaxvision.landmarks.cfan import freeze_untrained
+  return optax.chain(tx, freeze_untrained(model))
+
+
 def landmarks_loss(model, variables, batch, rng, train, config):
-  # CFAN draws its shape noise from the "noise" rng and reports its active stage
-  kw = {"rngs": {"noise": rng}} if config.model.name == "cfan" and train else {}
+  # CFAN draws its shape and masking noise from the "noise" rng and reports its active stage
+  cfan = config.model.name == "cfan"
+  kw = {"rngs": {"noise": rng}} if cfan and train else {}
   out, state = apply_model(model, variables, batch["input"], train, **kw)
   pred, gt = out["landmarks"].astype(jnp.float32), batch["landmarks"]
   kind = config.get("loss", "pfld")
@@ -79,6 +91,9 @@ def landmarks_loss(model, variables, batch, rng, train, config):
   metrics = {"nme": jnp.mean(err / _inter_ocular(gt))}
   if "stage" in out:   # CFAN: which stage this step trains (1 = the global SAN)
     metrics["stage"] = out["stage"]
+  if "ae_loss" in out:  # CFAN's auto-encoder pre-training steps train that loss alone
+    loss = jnp.where(out["pretraining"], out["ae_loss"], loss)
+    metrics["ae_loss"] = out["ae_loss"]
   return loss, (metrics, state)
 
 
@@ -137,4 +152,5 @@ def landmarks_make_data(config):
 
 
 register_task("landmarks", Task(make_data=landmarks_make_data, loss=landmarks_loss,
-                                evaluate=landmarks_evaluate, samples=landmarks_samples))
+                                evaluate=landmarks_evaluate, samples=landmarks_samples,
+                                optimizer=landmarks_optimizer))

@@ -293,25 +293,32 @@ def _tile_plan(sizes: tuple[tuple[int, int], ...]) -> tuple[int, tuple[_Piece, .
          for y, ph in _cuts(hs) for x, pw in _cuts(ws)]
   order = sorted(range(len(raw)), key=lambda j: (-_even(raw[j][3]), -_even(raw[j][4]), j))
   cols = PNET_TILE // 2
-  skylines: list[np.ndarray] = []
+  count = 0
+  skylines: dict[int, np.ndarray] = {}  # the tiles with room left: tile -> skyline
   placed: list[_Piece | None] = [None] * len(raw)
   for j in order:
     i, y, x, ph, pw = raw[j]
     eh, cw = _even(ph), _even(pw) // 2
     spot = None
-    for k, sky in enumerate(skylines):
-      tops = np.lib.stride_tricks.sliding_window_view(sky, cw).max(axis=1)
-      c = int(np.argmin(tops))  # the lowest place (the leftmost of equals)
-      if tops[c] + eh <= PNET_TILE:
-        spot = (k, int(tops[c]), c)
-        break
+    if eh < PNET_TILE or cw < cols:  # (a whole tile's piece takes a new tile: no search)
+      for k, sky in skylines.items():
+        if sky.min() + eh > PNET_TILE:
+          continue
+        tops = np.lib.stride_tricks.sliding_window_view(sky, cw).max(axis=1)
+        c = int(np.argmin(tops))  # the lowest place (the leftmost of equals)
+        if tops[c] + eh <= PNET_TILE:
+          spot = (k, int(tops[c]), c)
+          break
     if spot is None:
-      skylines.append(np.zeros(cols, np.int64))
-      spot = (len(skylines) - 1, 0, 0)
+      skylines[count] = np.zeros(cols, np.int64)
+      spot, count = (count, 0, 0), count + 1
     k, ty, c = spot
-    skylines[k][c:c + cw] = ty + eh
+    sky = skylines[k]
+    sky[c:c + cw] = ty + eh
+    if sky.min() > PNET_TILE - 12:  # no piece (12 px at least) fits any more
+      del skylines[k]
     placed[j] = _Piece(i, y, x, ph, pw, k, ty, 2 * c)
-  return len(skylines), tuple(placed)
+  return count, tuple(placed)
 
 
 _PYRAMID_POOL: concurrent.futures.ThreadPoolExecutor | None = None

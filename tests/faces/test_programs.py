@@ -62,7 +62,8 @@ def test_detector_uses_them_only_for_the_released_nets():
   assert D._released_form("rnet", M.RNet(width=0.5)) is None  # a trained narrow net
 
 
-@pytest.mark.parametrize("h,w", [(480, 640), (720, 1280), (300, 451), (1111, 555), (41, 4000)])
+@pytest.mark.parametrize("h,w", [(480, 640), (720, 1280), (300, 451), (1111, 555), (41, 4000),
+                                 (3000, 4000)])
 def test_tile_plan_computes_every_output_cell_once(h, w):
   """Each pyramid level's output cells are computed by exactly one piece, every piece lies
   inside its tile at even offsets, and pieces in one tile own disjoint even rectangles."""
@@ -71,7 +72,7 @@ def test_tile_plan_computes_every_output_cell_once(h, w):
   count, pieces = D._tile_plan(tuple(levels))
   owner = [np.zeros((D.out_cells(hs, "mtcnn"), D.out_cells(ws, "mtcnn")), int)
            for hs, ws in levels]
-  used = np.zeros((count, D.PNET_TILE, D.PNET_TILE), int)
+  used = np.zeros((count, D.PNET_TILE, D.PNET_TILE), np.uint8)
   for pc in pieces:
     assert pc.y % 2 == pc.x % 2 == pc.ty % 2 == pc.tx % 2 == 0
     assert pc.ty + pc.h <= D.PNET_TILE and pc.tx + pc.w <= D.PNET_TILE

@@ -136,6 +136,26 @@ def test_area_crops_match_adaptive_pooling():
     np.testing.assert_array_equal(geometry.area_crops(sat_np, regions[:1], (oh, ow)), got[:1])
 
 
+def test_area_crops_exact_when_the_int32_table_wraps():
+  """A photo whose pixel sum passes 2**31 (3000 x 3000 near-white): the int32 table wraps,
+  and every window the detector takes (the coarsest pyramid level, a whole-image crop) is
+  still the exact mean, as from an int64 table."""
+  img = np.full((3000, 3000, 3), 250, np.uint8)
+  img[1000:1500, 2000:2600] = (np.arange(600) % 256).astype(np.uint8)[None, :, None]
+  sat = geometry.integral_image(img)
+  assert sat.dtype == np.int32 and int(img.astype(np.int64).sum()) > 2 ** 31
+  ref = np.zeros((3001, 3001, 3), np.int64)
+  ref[1:, 1:] = img.astype(np.int64).cumsum(0).cumsum(1)
+  levels = geometry.pyramid_scales(3000, 3000, 20.0, 0.709)
+  _, hs, ws = levels[-1]                       # the coarsest level: the largest bins
+  regions = np.array([[0, 3000, 0, 3000], [900, 1600, 1900, 2700]], np.int32)
+  for size in ((hs, ws), (24, 24), (48, 48)):
+    np.testing.assert_array_equal(geometry.area_crops(sat, regions, size),
+                                  geometry.area_crops(ref, regions, size))
+    np.testing.assert_array_equal(geometry.area_crops(sat, regions[:1], size),
+                                  geometry.area_crops(ref, regions[:1], size))
+
+
 def test_crop_and_resize_matches_bilinear_formula():
   rng = np.random.default_rng(1)
   img = rng.random((20, 30, 2)).astype(np.float32)

@@ -250,6 +250,25 @@ class _Pyramid:
   masks: np.ndarray | None = None           # (T, PNET_TILE-2, PNET_TILE-2) bool: conv1 cells
   levels: list = dataclasses.field(default_factory=list)  # [(scale, hs, ws)]
   pieces: list = dataclasses.field(default_factory=list)  # [_Piece]
+  pending: Any = None  # the future of levels still being resampled on another thread
+  ready: list | None = None  # then, per tile, an Event set once all its pieces are in
+
+  def wait_tiles(self, at: int, count: int):
+    """(tiles, masks) [at, at + count), once their pieces are resampled (P-Net's first
+    tiles start while the other thread still resamples the smaller levels)."""
+    if self.ready is not None:
+      for k in range(at, at + count):
+        while not self.ready[k].wait(0.05):
+          if self.pending.done():
+            break
+        if self.pending.done() and self.pending.exception() is not None:
+          raise self.pending.exception()
+    return self.tiles[at:at + count], self.masks[at:at + count]
+
+  def finish(self) -> None:
+    """Waits for the resampling thread (and raises what it raised)."""
+    if self.pending is not None:
+      self.pending.result()
 
 
 class _Piece(NamedTuple):
@@ -318,7 +337,15 @@ def _tile_plan(sizes: tuple[tuple[int, int], ...]) -> tuple[int, tuple[_Piece, .
     if sky.min() > PNET_TILE - 12:  # no piece (12 px at least) fits any more
       del skylines[k]
     placed[j] = _Piece(i, y, x, ph, pw, k, ty, 2 * c)
-  return count, tuple(placed)
+  # Tiles numbered in the order they can be complete: a photo alone resamples level 0 on
+  # one thread and the others in order on a second (`_pyramid`), and P-Net takes the tiles
+  # in number order as they fill (`_Pyramid.wait_tiles`): a tile waits for the last of its
+  # levels after the first.
+  last = [0] * count
+  for pc in placed:
+    last[pc.tile] = max(last[pc.tile], pc.level)
+  renumber = {k: n for n, k in enumerate(sorted(range(count), key=lambda k: (last[k], k)))}
+  return count, tuple(pc._replace(tile=renumber[pc.tile]) for pc in placed)
 
 
 _PYRAMID_POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -344,6 +371,10 @@ def _pyramid(image: np.ndarray, cfg: DetectorConfig, threads: int = 1) -> _Pyram
   for pc in pieces:
     by_level[pc.level].append(pc)
 
+  left = collections.Counter(pc.tile for pc in pieces)  # pieces not yet in, per tile
+  ready = [threading.Event() for _ in range(count)]
+  lock = threading.Lock()
+
   def resample(i):  # its pieces are disjoint parts of the tiles: safe from several threads
     _, hs, ws = levels[i]
     lv = normalize(area_crops(sat, whole, (hs, ws))[0])
@@ -351,18 +382,24 @@ def _pyramid(image: np.ndarray, cfg: DetectorConfig, threads: int = 1) -> _Pyram
       tiles[pc.tile, pc.ty:pc.ty + pc.h, pc.tx:pc.tx + pc.w] = lv[pc.y:pc.y + pc.h,
                                                                   pc.x:pc.x + pc.w]
       masks[pc.tile, pc.ty:pc.ty + pc.h - 2, pc.tx:pc.tx + pc.w - 2] = True
+      with lock:
+        left[pc.tile] -= 1
+        if not left[pc.tile]:
+          ready[pc.tile].set()
 
+  pyr = _Pyramid(h, w, sat, tiles, masks, list(levels), list(pieces))
   if threads > 1 and len(levels) > 1:
     if _PYRAMID_POOL is None:
       _PYRAMID_POOL = concurrent.futures.ThreadPoolExecutor(2)
-    # the first level holds about half the pixels: it alone on one thread, the rest on the other
-    rest = _PYRAMID_POOL.submit(lambda: [resample(i) for i in range(1, len(levels))])
+    # The first level holds about half the pixels: it alone on this thread, the rest on
+    # another, which goes on while P-Net runs the tiles that are complete (`wait_tiles`).
+    pyr.pending = _PYRAMID_POOL.submit(lambda: [resample(i) for i in range(1, len(levels))])
+    pyr.ready = ready
     resample(0)
-    rest.result()
   else:
     for i in range(len(levels)):
       resample(i)
-  return _Pyramid(h, w, sat, tiles, masks, list(levels), list(pieces))
+  return pyr
 
 
 def _level_maps(pyr: _Pyramid, out: dict[str, np.ndarray], kind: str):
@@ -638,7 +675,8 @@ class FaceDetector:
     pyr = _pyramid(image, cfg, threads=2 if len(ks) > 1 else 1)
     if pyr.tiles is None:
       return boxes, scores, lms
-    out = self._net("pnet", (pyr.tiles, pyr.masks), jit, ks)
+    out = self._net("pnet", pyr.wait_tiles, jit, ks, n=len(pyr.tiles))
+    pyr.finish()
     boxes, scores = _first_stage(pyr, _level_maps(pyr, out, cfg.kind), cfg)
     lms = np.zeros((len(boxes), 5, 2), np.float32)
     for stage in ("rnet", "onet"):

@@ -106,3 +106,28 @@ def test_pnet_on_packed_pieces_is_pnet_on_each_level(weights):
     prob = np.asarray(jax.nn.softmax(ref["logits"], -1)[0, ..., 1])
     np.testing.assert_allclose(maps[i][0], prob, atol=2e-5)
     np.testing.assert_allclose(maps[i][1], np.asarray(ref["box"][0]), atol=2e-5)
+
+
+def test_threaded_pyramid_fills_the_same_tiles_and_raises_what_it_raises(monkeypatch):
+  """A photo alone resamples level 0 here and the others on a second thread, P-Net taking
+  each tile as it fills: the same tiles as one thread; a failure on that thread comes out
+  of `wait_tiles` (no wait forever)."""
+  image = np.random.default_rng(4).integers(0, 256, (480, 640, 3), np.uint8)
+  cfg = D.DetectorConfig()
+  one = D._pyramid(image, cfg)
+  two = D._pyramid(image, cfg, threads=2)
+  tiles, masks = two.wait_tiles(0, len(two.tiles))
+  two.finish()
+  np.testing.assert_array_equal(tiles, one.tiles)
+  np.testing.assert_array_equal(masks, one.masks)
+  real = D.area_crops
+
+  def failing(sat, regions, size):
+    if size[0] < 200:  # every level but the first
+      raise RuntimeError("resampling failed")
+    return real(sat, regions, size)
+
+  monkeypatch.setattr(D, "area_crops", failing)
+  bad = D._pyramid(image, cfg, threads=2)
+  with pytest.raises(RuntimeError, match="resampling failed"):
+    bad.wait_tiles(0, len(bad.tiles))

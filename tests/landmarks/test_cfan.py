@@ -46,6 +46,20 @@ def _nme(pred, gt):
   return float(np.mean(err / np.linalg.norm(g[:, 36] - g[:, 45], axis=-1)))
 
 
+def _train_step(m, tx, config, x, y):
+  """One jitted step of the landmarks loss on (x, y) with `tx`, as the trainer takes it ->
+  (params, model state, optimiser state, metrics with the loss)."""
+  @jax.jit
+  def step(params, state, opt, rng):
+    def f(p):
+      return T.landmarks_loss(m, {"params": p, **state}, {"input": x, "landmarks": y}, rng,
+                              True, config)
+    (loss, (metrics, new_state)), g = jax.value_and_grad(f, has_aux=True)(params)
+    u, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, u), new_state, opt, {**metrics, "loss": loss}
+  return step
+
+
 @pytest.mark.longrun   # 8-9 s on the shared 2-core machine
 def test_stagewise_training_refines_and_freezes(tmp_path):
   _folder(str(tmp_path), n=12, size=64)
@@ -62,14 +76,7 @@ def test_stagewise_training_refines_and_freezes(tmp_path):
   tx = T.landmarks_optimizer(optax.adam(3e-3, b2=0.99), config, m)
   opt = tx.init(params)
 
-  @jax.jit
-  def step(params, state, opt, rng):
-    def f(p):
-      return T.landmarks_loss(m, {"params": p, **state}, {"input": x, "landmarks": y}, rng,
-                              True, config)
-    (_, (metrics, new_state)), g = jax.value_and_grad(f, has_aux=True)(params)
-    u, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, u), new_state, opt, metrics
+  step = _train_step(m, tx, config, x, y)
 
   predict = jax.jit(lambda p, st: m.apply({"params": p, **st}, x)["stages"])
   names = ["global", "local1", "local2"]
@@ -147,14 +154,7 @@ def test_autoencoder_pretraining_on_embedded_faces():
   tx = optax.chain(optax.adam(lr, b1=0.0, b2=0.99), C.freeze_untrained(m))
   opt = tx.init(params)
 
-  @jax.jit
-  def step(params, state, opt, rng):
-    def f(p):
-      return T.landmarks_loss(m, {"params": p, **state}, {"input": x, "landmarks": y}, rng,
-                              True, config)
-    (loss, (metrics, new_state)), g = jax.value_and_grad(f, has_aux=True)(params)
-    u, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, u), new_state, opt, {**metrics, "loss": loss}
+  step = _train_step(m, tx, config, x, y)
 
   snap = lambda: jax.tree.map(np.asarray, params)
   init = snap()

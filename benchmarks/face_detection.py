@@ -1,7 +1,7 @@
 """Face-detection latency and throughput: jaxvision MTCNN vs the reference implementations.
 
-    .venv/bin/python benchmarks/face_detection.py [--quick] [--folder DIR] [--out OUT.json] \
-        [--facenet-python .venv-peers/bin/python] [--tf-python TF_VENV/bin/python]
+    .venv/bin/python benchmarks/face_detection.py [--quick] [--folder DIR] [--rounds R] \
+        [--out OUT.json] [--facenet-python .venv-peers/bin/python] [--tf-python TF_VENV/bin/python]
 
 --folder DIR: a folder of photos as a user has them, timed as a user runs the command: the
 whole `jaxvision detect-faces DIR --json OUT.json` (a subprocess, wall clock: start-up,
@@ -15,12 +15,18 @@ outputs are compared face by face (tests/faces/face_match.py: IoU >= 0.95, score
 0.01, landmarks within 2 px). --folder-only skips the per-image latencies below;
 --files passes the folder's files instead of the folder.
 
+--rounds R (default 1): the warm folder runs and every latency figure are taken R times,
+ours and the peer's alternating (the order swapped each round); the tables give medians,
+ranges and the median of the per-round speed-ups. On a shared machine whose speed drifts
+by a third within minutes, a ratio is only as good as the nearness of its two timings.
+
 Per image latency (median of --repeats, after a warm-up that includes compilation) at
 512x512, 640x480 and 1280x720, and throughput for a batch of 8 640x480 images. All
 use the same original weights and the same photo (skimage's astronaut, resized with
 Pillow, faces included). The references run in their own interpreters (their
-dependencies are not jaxvision's): facenet-pytorch's detect_face (torch CPU) and the
-`mtcnn` package (TensorFlow); each is skipped when its interpreter cannot import it.
+dependencies are not jaxvision's), served one figure at a time so that their timings
+alternate with ours: facenet-pytorch's detect_face (torch CPU) and the `mtcnn` package
+(TensorFlow); each is skipped when its interpreter cannot import it.
 Compile time of ours is reported separately (once per input size).
 """
 from __future__ import annotations
@@ -73,72 +79,188 @@ def _time(fn, repeats: int) -> float:
   return statistics.median(ts)
 
 
-def run_ours(sizes, repeats, batch):
-  from jaxvision.core.compile import use_cpu_cores
-  use_cpu_cores()  # as the `jaxvision` command runs: one XLA CPU device per core
-  import jax
-  from jaxvision.faces.detector import mtcnn_detector
-  det = mtcnn_detector()
-  out = {}
-  for h, w in sizes:
-    x = test_image(h, w)[None]
-    t = time.perf_counter()
-    n = len(det.detect(x)[0])
-    compile_s = time.perf_counter() - t
-    out[f"{w}x{h}"] = {"latency": _time(lambda: det.raw(x), repeats), "faces": n,
-                       "compile": compile_s}
-  h, w = sizes[min(1, len(sizes) - 1)]
-  xb = np.repeat(test_image(h, w)[None], batch, 0)
-  det.raw(xb)
-  out[f"batch{batch}"] = {"latency": _time(lambda: det.raw(xb), repeats)}
-  out["device"] = str(jax.devices()[0].device_kind)
+def _input(key: str, sizes, batch: int) -> np.ndarray:
+  """The (B, H, W, 3) input of figure `key`: "WxH" (one photo) or "batchB" (B copies of
+  the second size)."""
+  if key.startswith("batch"):
+    h, w = sizes[min(1, len(sizes) - 1)]
+    return np.repeat(test_image(h, w)[None], batch, 0)
+  w, h = (int(v) for v in key.split("x"))
+  return test_image(h, w)[None]
+
+
+def _keys(sizes, batch: int) -> list[str]:
+  return [f"{w}x{h}" for h, w in sizes] + [f"batch{batch}"]
+
+
+class Ours:
+  """jaxvision's MTCNN in this process, as the `jaxvision` command runs it."""
+
+  def __init__(self, sizes, batch):
+    from jaxvision.core.compile import use_cpu_cores
+    use_cpu_cores()  # as the `jaxvision` command runs: one XLA CPU device per core
+    import jax
+    from jaxvision.faces.detector import mtcnn_detector
+    self.det, self.sizes, self.batch = mtcnn_detector(), sizes, batch
+    self.device = str(jax.devices()[0].device_kind)
+    self.inputs, self.first = {}, {}
+    for key in _keys(sizes, batch):  # the first call of each: compilation (or the cache)
+      x = self.inputs[key] = _input(key, sizes, batch)
+      t = time.perf_counter()
+      n = len(self.det.detect(x)[0])
+      self.first[key] = {"compile": time.perf_counter() - t, "faces": n}
+
+  def latency(self, key: str, repeats: int) -> float:
+    x = self.inputs[key]
+    return _time(lambda: self.det.raw(x), repeats)
+
+
+def _reference_runner(kind):
+  """(run(batch), version) of reference `kind` in this interpreter."""
+  if kind == "facenet":
+    detect, version = _face_reference().facenet_detector()
+    return detect, version
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from mtcnn import MTCNN
+  from importlib.metadata import version as v
+  m = MTCNN(device="CPU:0")
+  import tensorflow as tf
+  return (lambda x: m.detect_faces(list(x) if len(x) > 1 else x[0]),
+          f"mtcnn {v('mtcnn')} (tensorflow {tf.__version__})")
+
+
+def worker(kind, sizes, batch):
+  """Runs inside the reference's interpreter: prints READY {version}, then answers each
+  request line {"key", "repeats"} on stdin with RESULT {"latency"} (the median of
+  `repeats` calls, after one warm-up call the first time a key comes)."""
+  run, version = _reference_runner(kind)
+  print("READY " + json.dumps({"version": version}), flush=True)
+  inputs = {}
+  for line in sys.stdin:
+    req = json.loads(line)
+    key = req["key"]
+    if key not in inputs:
+      inputs[key] = _input(key, sizes, batch)
+      run(inputs[key])
+    x = inputs[key]
+    print("RESULT " + json.dumps({"latency": _time(lambda: run(x), req["repeats"])}), flush=True)
+
+
+class Reference:
+  """A reference detector served by its own interpreter (its dependencies are not
+  jaxvision's), asked for one figure at a time so that its runs alternate with ours."""
+
+  def __init__(self, python, kind, args):
+    self.kind, self.version, self.proc = kind, None, None
+    if not python:
+      return
+    if not os.path.exists(python):
+      print(f"({kind} reference left out: no interpreter at {python})")
+      return
+    cmd = [python, os.path.abspath(__file__), "--worker", kind, "--batch", str(args.batch)]
+    cmd += ["--quick"] if args.quick else []
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    reply = self._read("READY ")
+    if reply is None:
+      print(f"({kind} reference failed: {self._error()})")
+      self.proc = None
+    else:
+      self.version = reply["version"]
+
+  def _read(self, tag):
+    for line in self.proc.stdout:
+      if line.startswith(tag):
+        return json.loads(line[len(tag):])
+    return None
+
+  def _error(self) -> str:
+    self.proc.kill()
+    return (self.proc.stderr.read().strip().splitlines() or ["?"])[-1][:200]
+
+  def latency(self, key: str, repeats: int) -> float | None:
+    if self.proc is None:
+      return None
+    self.proc.stdin.write(json.dumps({"key": key, "repeats": repeats}) + "\n")
+    self.proc.stdin.flush()
+    reply = self._read("RESULT ")
+    if reply is None:
+      print(f"({self.kind} reference failed: {self._error()})")
+      self.proc = None
+      return None
+    return reply["latency"]
+
+  def close(self):
+    if self.proc is not None:
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+def run_latency(args, sizes) -> dict:
+  """Warmed-up latencies, ours and the references', in --rounds alternating rounds: per
+  round and figure, each runs --repeats calls (median) right after the other, the order
+  swapped every round, so that a slow minute of a shared machine hits both columns."""
+  ours = Ours(sizes, args.batch)
+  refs = [Reference(args.facenet_python, "facenet", args), Reference(args.tf_python, "tf", args)]
+  refs = [r for r in refs if r.proc is not None]
+  keys = _keys(sizes, args.batch)
+  runs = {"jaxvision": ours.latency, **{r.kind: r.latency for r in refs}}
+  times = {name: {k: [] for k in keys} for name in runs}
+  for rnd in range(args.rounds):
+    for key in keys:
+      order = list(runs) if rnd % 2 == 0 else list(runs)[::-1]
+      for name in order:
+        t = runs[name](key, args.repeats)
+        if t is not None:
+          times[name][key].append(t)
+  for r in refs:
+    r.close()
+  names = {"facenet": "facenet-pytorch", "tf": "mtcnn (TF)"}
+  out = {"repeats": args.repeats, "rounds": args.rounds, "device": ours.device,
+         "jaxvision": {k: {"latency": statistics.median(v), "rounds": v, **ours.first[k]}
+                       for k, v in times["jaxvision"].items()}}
+  for r in refs:
+    t = times[r.kind]
+    if not all(t.values()):
+      continue
+    out[names[r.kind]] = {"version": r.version, **{k: {
+        "latency": statistics.median(v), "rounds": v,
+        # ratios within a round (ours and theirs minutes apart at most)
+        "speedup_rounds": [a / b for a, b in zip(v, times["jaxvision"][k])]}
+        for k, v in t.items()}}
   return out
 
 
-def worker(kind, sizes, repeats, batch):
-  """Runs inside the reference's interpreter; prints JSON."""
-  out = {}
-  if kind == "facenet":
-    detect, version = _face_reference().facenet_detector()
-    run = lambda x: detect(x)
-  else:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from mtcnn import MTCNN
-    from importlib.metadata import version as v
-    m = MTCNN(device="CPU:0")
-    import tensorflow as tf
-    version = f"mtcnn {v('mtcnn')} (tensorflow {tf.__version__})"
-    run = lambda x: m.detect_faces(list(x) if len(x) > 1 else x[0])
-  for h, w in sizes:
-    x = test_image(h, w)[None]
-    r = run(x)
-    out[f"{w}x{h}"] = {"latency": _time(lambda: run(x), repeats)}
-  h, w = sizes[min(1, len(sizes) - 1)]
-  xb = np.repeat(test_image(h, w)[None], batch, 0)
-  run(xb)
-  out[f"batch{batch}"] = {"latency": _time(lambda: run(xb), repeats)}
-  out["version"] = version
-  del r
-  print("RESULT " + json.dumps(out))
+def print_latency(out: dict, sizes, batch: int) -> None:
+  cols = ["jaxvision"] + [k for k in ("facenet-pytorch", "mtcnn (TF)") if k in out]
+  rounds = out["rounds"]
+  print(f"\nMTCNN, original weights, median of {out['repeats']} calls"
+        + (f", {rounds} alternating rounds (median; range)" if rounds > 1 else "")
+        + f"; ours on {out['device']}"
+        + "".join(f"; {k}: {out[k]['version']}" for k in cols[1:]))
+  print(f"| input | {' | '.join(cols)} | {' | '.join(f'speed-up vs {k}' for k in cols[1:])}"
+        " | our first call | faces |")
+  print("|---" * (2 * len(cols) + 2) + "|")
+  for key in _keys(sizes, batch):
+    per = key.startswith("batch")
+    fmt = (lambda c: f"{batch / c:.1f}") if per else (lambda c: f"{1000 * c:.0f}")
+    unit = "" if per else " ms"
 
+    def cell(r):
+      v = r["rounds"]
+      m = fmt(r["latency"]) + unit
+      return m if len(v) < 2 else f"{m} ({fmt(max(v) if per else min(v))}-{fmt(min(v) if per else max(v))})"
 
-def run_reference(python, kind, args):
-  if not python:
-    return None
-  if not os.path.exists(python):
-    print(f"({kind} reference left out: no interpreter at {python})")
-    return None
-  cmd = [python, os.path.abspath(__file__), "--worker", kind, "--repeats", str(args.repeats),
-         "--batch", str(args.batch)] + (["--quick"] if args.quick else [])
-  try:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-  except subprocess.TimeoutExpired:
-    return None
-  for line in p.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[7:])
-  print(f"({kind} reference failed: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]})")
-  return None
+    ratio = []
+    for k in cols[1:]:
+      q = out[k][key]["speedup_rounds"]
+      ratio.append(f"{statistics.median(q):.2f}x" + (f" ({min(q):.2f}-{max(q):.2f})"
+                                                     if len(q) > 1 else ""))
+    label = key if not per else \
+        f"batch of {batch} ({sizes[min(1, len(sizes) - 1)][1]}x{sizes[min(1, len(sizes) - 1)][0]}), images/s"
+    o = out["jaxvision"][key]
+    print(f"| {label} | {' | '.join(cell(out[k][key]) for k in cols)} | {' | '.join(ratio)} | "
+          f"{o['compile']:.1f} s | {o['faces']} |")
 
 
 # ---------------------------------------------------------------- the folder, as a user runs it
@@ -193,15 +315,24 @@ def run_folder(args) -> dict:
   env = dict(os.environ, JAXVISION_COMPILE_CACHE=cache)
   jv = _jaxvision_cmd() + ["detect-faces"] + inputs
   res = {"folder": folder, "images": len(files), "sizes": len(sizes), "runs": {}}
-  runs = [("jaxvision, empty compile cache", jv + ["--json", f"{work}/jv_cold.json"], env),
-          ("jaxvision, warm compile cache", jv + ["--json", f"{work}/jv_warm.json"], env)]
   peer = args.facenet_python
+  fn = None
   if peer and os.path.exists(peer):
     fn = [peer, os.path.join(HERE, "peers", "facenet_detect.py")] + inputs
-    runs += [("facenet-pytorch, first run", fn + ["--json", f"{work}/fn_1.json"], None),
-             ("facenet-pytorch, second run", fn + ["--json", f"{work}/fn_2.json"], None)]
   else:
     print(f"(no facenet-pytorch peer at {peer}: bash benchmarks/peers/setup.sh)")
+  runs = [("jaxvision, empty compile cache", jv + ["--json", f"{work}/jv_cold.json"], env)]
+  if fn:
+    runs.append(("facenet-pytorch, first run", fn + ["--json", f"{work}/fn_1.json"], None))
+  for k in range(args.rounds):  # the warm runs, alternating (the order swapped each round)
+    tag = "" if args.rounds == 1 else f" (round {k + 1})"
+    sfx = "" if k == 0 else f"_{k + 1}"
+    pair = [(f"jaxvision, warm compile cache{tag}", jv + ["--json", f"{work}/jv_warm{sfx}.json"],
+             env)]
+    if fn:
+      pair.append((f"facenet-pytorch, second run{tag}", fn + ["--json", f"{work}/fn_2{sfx}.json"],
+                   None))
+    runs += pair if k % 2 == 0 else pair[::-1]
   for name, cmd, e in runs:
     shown = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd]
     if args.files and len(files) > 3:
@@ -241,6 +372,18 @@ def run_folder(args) -> dict:
   for name, r in res["runs"].items():
     print(f"| {name} | {r['wall_s']:.1f} s | {1000 * r['wall_s'] / n:.0f} ms |"
           + ("" if r["rc"] == 0 else f" (exit {r['rc']})"))
+  if args.rounds > 1:
+    warm = {who: [r["wall_s"] for name, r in res["runs"].items()
+                  if name.startswith(who) and "(round" in name]
+            for who in ("jaxvision", "facenet-pytorch")}
+    res["warm_median_s"] = {k: statistics.median(v) for k, v in warm.items() if v}
+    if all(warm.values()):
+      q = [b / a for a, b in zip(warm["jaxvision"], warm["facenet-pytorch"])]
+      res["warm_speedup_rounds"] = q
+      print(f"warm, {args.rounds} alternating rounds: jaxvision median "
+            f"{res['warm_median_s']['jaxvision']:.2f} s, facenet-pytorch "
+            f"{res['warm_median_s']['facenet-pytorch']:.2f} s; speed-up median "
+            f"{statistics.median(q):.2f}x (range {min(q):.2f}-{max(q):.2f}x)")
   if "fidelity" in res:
     f = res["fidelity"]
     print(f"fidelity vs facenet-pytorch: {f['faces_jaxvision']} / {f['faces_facenet']} faces, "
@@ -254,7 +397,9 @@ def run_folder(args) -> dict:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="512x512 only, 3 repeats, batch 2")
-  ap.add_argument("--repeats", type=int, default=10)
+  ap.add_argument("--repeats", type=int, default=10, help="calls per figure and round")
+  ap.add_argument("--rounds", type=int, default=1,
+                  help="alternating rounds of ours and the references' figures (default 1)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--facenet-python", default=PEERS_PYTHON,
                   help="interpreter with facenet-pytorch (default: the peer venv of "
@@ -275,7 +420,7 @@ def main():
     args.repeats, args.batch = min(args.repeats, 3), min(args.batch, 2)
   sizes = SIZES[:1] if args.quick else SIZES
   if args.worker:
-    return worker(args.worker, sizes, args.repeats, args.batch)
+    return worker(args.worker, sizes, args.batch)
 
   report = {"command": sys.argv, "machine": _machine()}
   if args.folder:
@@ -283,28 +428,9 @@ def main():
     _write(args.out, report, say=args.folder_only)
   if args.folder_only:
     return
-  ours = run_ours(sizes, args.repeats, args.batch)
-  refs = {"facenet-pytorch": run_reference(args.facenet_python, "facenet", args),
-          "mtcnn (TF)": run_reference(args.tf_python, "tf", args)}
-  report["latency"] = {"repeats": args.repeats, "jaxvision": ours,
-                       **{k: v for k, v in refs.items() if v}}
+  report["latency"] = run_latency(args, sizes)
   _write(args.out, report)
-  cols = ["jaxvision"] + [k for k, v in refs.items() if v]
-  print(f"\nMTCNN, original weights, median of {args.repeats}; ours on {ours['device']}"
-        + "".join(f"; {k}: {refs[k]['version']}" for k in cols[1:]))
-  print(f"| input | {' | '.join(cols)} | our compile | faces |")
-  print("|---" * (len(cols) + 3) + "|")
-  for key in [f"{w}x{h}" for h, w in sizes] + [f"batch{args.batch}"]:
-    cells = [ours[key]["latency"]] + [refs[k][key]["latency"] for k in cols[1:]]
-    label = key if not key.startswith("batch") else \
-        f"batch of {args.batch} ({sizes[min(1, len(sizes) - 1)][1]}x{sizes[min(1, len(sizes) - 1)][0]}), images/s"
-    if key.startswith("batch"):
-      txt = [f"{args.batch / c:.1f}" for c in cells]
-    else:
-      txt = [f"{1000 * c:.0f} ms" for c in cells]
-    extra = (f"{ours[key]['compile']:.1f} s | {ours[key]['faces']}" if "compile" in ours[key]
-             else " | ")
-    print(f"| {label} | {' | '.join(txt)} | {extra} |")
+  print_latency(report["latency"], sizes, args.batch)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def enhance(args) -> None:
     if alpha is not None:
       y = np.concatenate([y, alpha[..., None]], axis=-1)
     io.write_png(dst, y)
-    inputs.say(f"{src} -> {dst}: {w}x{h}, {(config.get('data') or {}).get('operator', '')} "
+    op = (config.get("data") or {}).get("operator")
+    inputs.say(f"{src} -> {dst}: {w}x{h}, {op + ' ' if op else ''}"
                f"(checkpoint step {step}), {time.time() - t:.2f}s")
 
   if folder:

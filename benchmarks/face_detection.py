@@ -159,8 +159,11 @@ class Reference:
       return
     cmd = [python, os.path.abspath(__file__), "--worker", kind, "--batch", str(args.batch)]
     cmd += ["--quick"] if args.quick else []
+    # its stderr into a file: a pipe nobody reads would stall a chatty worker once full
+    import tempfile
+    self.log = tempfile.TemporaryFile("w+")
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 stderr=self.log, text=True)
     reply = self._read("READY ")
     if reply is None:
       print(f"({kind} reference failed: {self._error()})")
@@ -176,7 +179,9 @@ class Reference:
 
   def _error(self) -> str:
     self.proc.kill()
-    return (self.proc.stderr.read().strip().splitlines() or ["?"])[-1][:200]
+    self.proc.wait()
+    self.log.seek(0)
+    return (self.log.read().strip().splitlines() or ["?"])[-1][:200]
 
   def latency(self, key: str, repeats: int) -> float | None:
     if self.proc is None:
@@ -238,9 +243,9 @@ def print_latency(out: dict, sizes, batch: int) -> None:
         + (f", {rounds} alternating rounds (median; range)" if rounds > 1 else "")
         + f"; ours on {out['device']}"
         + "".join(f"; {k}: {out[k]['version']}" for k in cols[1:]))
-  print(f"| input | {' | '.join(cols)} | {' | '.join(f'speed-up vs {k}' for k in cols[1:])}"
-        " | our first call | faces |")
-  print("|---" * (2 * len(cols) + 2) + "|")
+  head = ["input", *cols, *(f"speed-up vs {k}" for k in cols[1:]), "our first call", "faces"]
+  print("| " + " | ".join(head) + " |")
+  print("|---" * len(head) + "|")
   for key in _keys(sizes, batch):
     per = key.startswith("batch")
     fmt = (lambda c: f"{batch / c:.1f}") if per else (lambda c: f"{1000 * c:.0f}")
@@ -259,8 +264,9 @@ def print_latency(out: dict, sizes, batch: int) -> None:
     label = key if not per else \
         f"batch of {batch} ({sizes[min(1, len(sizes) - 1)][1]}x{sizes[min(1, len(sizes) - 1)][0]}), images/s"
     o = out["jaxvision"][key]
-    print(f"| {label} | {' | '.join(cell(out[k][key]) for k in cols)} | {' | '.join(ratio)} | "
-          f"{o['compile']:.1f} s | {o['faces']} |")
+    row = [label, *(cell(out[k][key]) for k in cols), *ratio, f"{o['compile']:.1f} s",
+           str(o["faces"])]
+    print("| " + " | ".join(row) + " |")
 
 
 # ---------------------------------------------------------------- the folder, as a user runs it

@@ -18,7 +18,7 @@ Why: JAX's persistent compilation cache (jaxvision.core.compile) saves the XLA c
 it is keyed by the lowered program, so a warm command still traces and lowers each of its
 programs: about 0.4 s for a codec program on this project's 2-core CPU, most of it flax
 re-checking every parameter's shape, for every bucket of every command (compress,
-decompress: a folder of photos in 9 buckets pays it 27 times; MTCNN's four (then five) programs on
+decompress: a folder of photos in 9 buckets pays it 27 times; MTCNN's five programs of the time on
 each of two devices 0.7 s). A loaded executable costs 0.01-0.02 s (MTCNN, the codecs'
 decoders) to 0.09 s (a codec's encoder). The executable of a program is stored under the
 JAX cache folder (a subfolder JAX's own cache ignores), so it is on exactly when that cache
